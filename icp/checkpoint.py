@@ -1,0 +1,87 @@
+"""Per-block state on disk: group outputs, mid-group progress for resume, and assembly of the
+pruned model into a normal Hugging Face checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .models.loading import CheckpointReader
+
+CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class GroupProgress:
+    """Mid-group progress beside a group's carry file, valid only for the same run and blocks."""
+
+    def __init__(self, carry_out: Path, spec: dict[str, Any], blocks: range) -> None:
+        self.path = carry_out.with_name(carry_out.name + ".progress")
+        self.key = {"spec": spec, "blocks": [blocks.start, blocks.stop]}
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a corrupt progress file costs only the blocks since the group began
+            print(f"ignoring unreadable progress file {self.path}: {err}")
+            return None
+        if json.loads(state.get("key", "null")) != self.key:
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({**state, "key": json.dumps(self.key)}, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def save_group_outputs(adapter, finished: dict[int, dict[str, torch.Tensor]], records: list[dict[str, Any]],
+                       carry: dict[str, Any], out_weights, out_record, carry_out) -> None:
+    """Finished blocks (full checkpoint names), their records, and the window state for the next group."""
+    tensors = {
+        adapter.block_prefix(index) + name: t.contiguous()
+        for index, state in finished.items()
+        for name, t in state.items()
+    }
+    for path in (out_weights, out_record, carry_out):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_weights))
+    Path(out_record).write_text(json.dumps(records, indent=1))
+    atomic_torch_save(carry, Path(carry_out))
+
+
+def assemble(dense_dir: str | Path, group_weights: list[str | Path], out_dir: str | Path, record: dict[str, Any]) -> None:
+    """The dense checkpoint with every block replaced by its pruned version, saved with
+    `record` (method, per-layer sparsities, measured sparsity, data, versions) as `pruning.json`."""
+    dense_dir, out_dir = Path(dense_dir), Path(out_dir)
+    reader = CheckpointReader(dense_dir)
+    tensors = reader.read(reader.names())
+    replaced = 0
+    for file in group_weights:
+        for name, t in load_file(str(file)).items():
+            if name not in tensors:
+                raise KeyError(f"{file} holds {name!r}, which the dense checkpoint does not have")
+            tensors[name] = t
+            replaced += 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in CONFIG_FILES:
+        if (dense_dir / name).exists():
+            shutil.copy2(dense_dir / name, out_dir / name)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "pruning.json").write_text(json.dumps({**record, "replaced_tensors": replaced}, indent=1))

@@ -1,0 +1,1 @@
+"""Text corpora, tokenization, calibration sampling and local zero-shot tasks."""

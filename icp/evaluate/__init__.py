@@ -1,0 +1,1 @@
+"""Evaluations: perplexity, zero-shot accuracy (lm-eval), SAM single-point IoU."""

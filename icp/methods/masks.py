@@ -1,0 +1,46 @@
+"""Turning importance scores into prune masks (True = weight is removed)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def prune_count(numel: int, sparsity: float) -> int:
+    """How many of `numel` weights a layer at `sparsity` removes (rounded to the nearest)."""
+    return int(round(numel * sparsity))
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of exactly the `k` lowest-scoring entries over the whole tensor."""
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        mask[torch.topk(scores.flatten(), k, largest=False).indices] = True
+    return mask.view_as(scores)
+
+
+def lowest_per_row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Mask of the lowest `sparsity` fraction of each row (the same count in every row)."""
+    k = int(scores.shape[1] * sparsity)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, True)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the `n` highest scores in every group of `m` consecutive columns of each row."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M pattern {n}:{m} needs the input dimension ({cols}) divisible by {m}")
+    groups = scores.reshape(rows, cols // m, m)
+    drop = torch.topk(groups, m - n, dim=2, largest=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(2, drop, True)
+    return mask.reshape(rows, cols)
+
+
+def check_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of `m` consecutive input weights holds at most `n` non-zeros."""
+    rows, cols = weight.shape
+    nonzero = (weight.reshape(rows, cols // m, m) != 0).sum(dim=2)
+    return bool((nonzero <= n).all())

@@ -1,0 +1,69 @@
+"""What the engine needs to know about a model family, behind one interface.
+
+An adapter never runs a loop of its own: it names the pieces (blocks, their prunable linears and
+the role each plays, the arguments a block is called with, the head) and the engine does the rest.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+# Roles shared by every family. The ICP schedule's beta reads them: "qkv" layers are pruned
+# less, "fc2" (the second MLP linear) absorbs the difference.
+ROLES = ("q", "k", "v", "qkv", "o", "fc1", "fc2")
+
+
+class FamilyAdapter(ABC):
+    """One per model family (OPT, Llama, SAM, ...)."""
+
+    model_type: ClassVar[str]
+    # linear name inside a block -> role (one of ROLES)
+    linear_roles: ClassVar[dict[str, str]]
+
+    @abstractmethod
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The model's list of transformer blocks."""
+
+    @abstractmethod
+    def block_prefix(self, index: int) -> str:
+        """State-dict prefix of block `index` in a saved checkpoint, ending in '.'."""
+
+    @abstractmethod
+    def num_blocks(self, config: Any) -> int: ...
+
+    @abstractmethod
+    def build_block(self, config: Any, index: int) -> nn.Module:
+        """An empty (uninitialised) block of the right shape, ready for `load_state_dict`."""
+
+    @abstractmethod
+    def block_kwargs(self, config: Any, seqlen: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+        """Keyword arguments every block call needs for sequences of length `seqlen`."""
+
+    @abstractmethod
+    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, projections and language-model head applied to the last block's output."""
+
+    def head_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Modules `logits` uses (moved to the compute device for block-wise evaluation)."""
+        return []
+
+    def run_block(self, block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        out = block(hidden, **kwargs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def prunable_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
+        """Linears to prune, by their name inside the block, in a fixed order."""
+        return {name: block.get_submodule(name) for name in self.linear_roles}
+
+    def role(self, name: str) -> str:
+        return self.linear_roles[name]
+
+
+def causal_mask(seqlen: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Additive [1, 1, T, T] mask: 0 on and below the diagonal, the dtype's minimum above it."""
+    mask = torch.full((seqlen, seqlen), torch.finfo(dtype).min, device=device, dtype=dtype)
+    return torch.triu(mask, diagonal=1)[None, None]

@@ -1,0 +1,117 @@
+"""Where model weights come from, and reading single blocks back out of a saved checkpoint.
+
+A model source is one of
+- a Hugging Face hub id (``facebook/opt-125m``),
+- a local directory holding a Hugging Face checkpoint,
+- ``pkg:<package>/<relative path>.gguf``: a GGUF file shipped inside an installed Python package
+  (found without importing the package, whose ``__init__`` may pull in unrelated dependencies).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    location: str  # hub id or local directory
+    gguf_file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.location).is_dir()
+
+
+def package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Python package {package!r} is not installed (needed by model source pkg:{package}/...)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_source(source: str) -> ModelSource:
+    """Parse a model source string (see module docstring)."""
+    if source.startswith("pkg:"):
+        package, _, relative = source[4:].partition("/")
+        if not relative:
+            raise ValueError(f"model source {source!r} must look like pkg:<package>/<file>")
+        path = package_dir(package) / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"model source {source!r}: no file {path}")
+        if path.suffix == ".gguf":
+            return ModelSource(str(path.parent), gguf_file=path.name)
+        return ModelSource(str(path))
+    if source.endswith(".gguf"):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"model source {source!r}: no such GGUF file")
+        return ModelSource(str(path.parent), gguf_file=path.name)
+    return ModelSource(source)
+
+
+def load_model(source: str, dtype: str = "float32"):
+    """Load (model, tokenizer) from any source, on the CPU, with SDPA attention."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    src = resolve_source(source)
+    extra: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(src.location, **extra)
+    model = AutoModelForCausalLM.from_pretrained(
+        src.location, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra
+    )
+    model.eval()
+    return model, tokenizer
+
+
+def load_config(checkpoint_dir: str | Path) -> PretrainedConfig:
+    config = AutoConfig.from_pretrained(str(checkpoint_dir))
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class CheckpointReader:
+    """Reads tensors by name from a saved (possibly sharded) safetensors checkpoint, lazily."""
+
+    def __init__(self, checkpoint_dir: str | Path) -> None:
+        self.dir = Path(checkpoint_dir)
+        index = self.dir / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: self.dir / file for name, file in weight_map.items()}
+        else:
+            single = self.dir / "model.safetensors"
+            if not single.exists():
+                raise FileNotFoundError(f"no safetensors checkpoint in {self.dir}")
+            with safe_open(str(single), framework="pt") as f:
+                self.files = {name: single for name in f.keys()}
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.files[name], []).append(name)
+        tensors = {}
+        for file, group in by_file.items():
+            with safe_open(str(file), framework="pt") as f:
+                for name in group:
+                    tensors[name] = f.get_tensor(name)
+        return tensors
+
+    def read_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
+        """All tensors under `prefix`, with the prefix stripped from their names."""
+        names = [n for n in self.files if n.startswith(prefix)]
+        if not names:
+            raise KeyError(f"checkpoint {self.dir} has no tensors under {prefix!r}")
+        return {n[len(prefix):]: t for n, t in self.read(names).items()}
