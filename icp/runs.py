@@ -111,8 +111,9 @@ def prune_group(
     carry = torch.load(carry_in, map_location="cpu", weights_only=True)
     dtype = carry["error"].dtype
     runner = BlockRunner(adapter, config, CheckpointReader(dense_dir), device, dtype, carry["error"].shape[1], batch_size)
-    if blocks.stop > runner.num_blocks:
-        raise ValueError(f"blocks {blocks.start}..{blocks.stop - 1} exceed the model's {runner.num_blocks} blocks")
+    blocks = range(blocks.start, min(blocks.stop, runner.num_blocks))
+    if not blocks:
+        raise ValueError(f"block group starts at {blocks.start}, past the model's {runner.num_blocks} blocks")
     plan = spec.plan(runner)
     needs_dense = plan.track_error or plan.compensation is not None
     if "dense" not in carry:  # the first group starts from the cached dense block-0 inputs

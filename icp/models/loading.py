@@ -115,3 +115,23 @@ class CheckpointReader:
         if not names:
             raise KeyError(f"checkpoint {self.dir} has no tensors under {prefix!r}")
         return {n[len(prefix):]: t for n, t in self.read(names).items()}
+
+
+def export_dense(source: str, out_dir: str | Path, dtype: str = "float32") -> None:
+    """Save the dense model of `source` as a plain safetensors Hugging Face checkpoint + tokenizer.
+
+    Models loaded from GGUF are dequantized by transformers but marked as quantized, which
+    `save_pretrained` refuses; they are re-created from their config without that mark first.
+    """
+    model, tokenizer = load_model(source, dtype)
+    if getattr(model, "hf_quantizer", None) is not None or hasattr(model.config, "quantization_config"):
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        plain.load_state_dict(model.state_dict(), strict=True)
+        model = plain
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

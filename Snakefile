@@ -1,0 +1,27 @@
+# ICP reproduction pipeline: config -> data -> dense activations -> per-block steps -> model
+# -> evaluations -> results/tables.md.   Main command: snakemake --cores 1 results/tables.md
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+sys.path.insert(0, workflow.basedir)  # the icp package, also when it is not pip-installed
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/activations.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/tables.md",

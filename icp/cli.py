@@ -1,0 +1,273 @@
+"""Entry points the workflow rules call: each parses its arguments, calls one stage, writes its output.
+
+    python -m icp.cli <stage> --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import provenance
+
+
+def _log(message: str) -> None:
+    print(f"[icp {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _write_json(path: str, data) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def cmd_export_dense(a: argparse.Namespace) -> None:
+    from .models.loading import export_dense
+
+    export_dense(a.source, a.out, a.dtype)
+    _log(f"dense checkpoint of {a.source} written to {a.out}")
+
+
+def cmd_calibration(a: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from .data.corpora import load_corpus
+    from .data.tokens import calibration_windows
+
+    corpus = json.loads(a.corpus)
+    docs = load_corpus(corpus)
+    tokenizer = AutoTokenizer.from_pretrained(a.model_dir)
+    windows = calibration_windows(tokenizer, docs, a.nsamples, a.seqlen, a.seed, a.sampler)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(windows, a.out)
+    _log(f"{windows.shape[0]} calibration windows of {windows.shape[1]} tokens from {corpus['source']}")
+
+
+def cmd_eval_tokens(a: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from .data.corpora import load_corpus
+    from .data.tokens import evaluation_windows, tokenize_stream
+
+    corpus = json.loads(a.corpus)
+    tokenizer = AutoTokenizer.from_pretrained(a.model_dir)
+    ids = tokenize_stream(tokenizer, load_corpus(corpus), separator=corpus.get("separator", "\n\n"))
+    windows = evaluation_windows(ids, a.seqlen, a.max_windows)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"windows": windows, "total_tokens": ids.numel()}, a.out)
+    _log(f"{windows.shape[0]} evaluation windows of {a.seqlen} tokens (text has {ids.numel()} tokens)")
+
+
+def cmd_activations(a: argparse.Namespace) -> None:
+    from .activations import block0_inputs
+    from .models import adapter_for
+    from .models.loading import load_model
+
+    model, _ = load_model(a.model_dir, a.dtype)
+    windows = torch.load(a.tokens, weights_only=True)
+    hidden = block0_inputs(model, adapter_for(model.config.model_type), windows)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"error": hidden.contiguous()}, a.out)
+    _log(f"block-0 inputs {tuple(hidden.shape)} cached")
+
+
+def cmd_prune_step(a: argparse.Namespace) -> None:
+    from .runs import RunSpec, prune_group
+
+    spec = RunSpec.from_dict(json.loads(a.spec))
+    device = provenance.resolve_device(a.device)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    _log(f"{spec.method} {spec.pattern} s={spec.sparsity} w{spec.wbits}: blocks {a.first}..{a.last - 1} on {device}")
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.weights, a.record, a.carry_out,
+                device=device, batch_size=a.batch_size, log=_log)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        _log(f"peak accelerator memory {peak:.2f} GiB")
+        records = json.loads(Path(a.record).read_text())
+        for r in records:
+            r["peak_gpu_gib"] = peak
+        _write_json(a.record, records)
+
+
+def cmd_assemble(a: argparse.Namespace) -> None:
+    from .checkpoint import assemble
+
+    records = [r for path in a.records for r in json.loads(Path(path).read_text())]
+    pruned = sum(l["sparsity"] * l["numel"] for r in records for l in r["layers"].values())
+    total = sum(l["numel"] for r in records for l in r["layers"].values())
+    record = {
+        "spec": json.loads(a.spec),
+        "measured_sparsity": pruned / total,
+        "prune_seconds": sum(r["seconds"] for r in records),
+        "peak_gpu_gib": max((r.get("peak_gpu_gib", 0.0) for r in records), default=0.0),
+        "blocks": records,
+        "versions": provenance.versions(),
+    }
+    assemble(a.model_dir, a.weights, a.out_dir, record)
+    _log(f"assembled {a.out_dir}: measured sparsity {record['measured_sparsity']:.4f}")
+
+
+def cmd_perplexity(a: argparse.Namespace) -> None:
+    from .evaluate.perplexity import perplexity
+    from .models.loading import load_model
+
+    device = provenance.resolve_device(a.device)
+    model, _ = load_model(a.model_dir, a.dtype)
+    model.to(device)
+    data = torch.load(a.tokens, weights_only=True)
+    windows = data["windows"]
+    started = time.perf_counter()
+    value = perplexity(model, windows, batch_size=a.batch_size, log=_log if a.verbose else None)
+    meta = json.loads(a.meta)
+    _write_json(a.out, {
+        **meta, "metric": "perplexity", "value": value, "windows": int(windows.shape[0]),
+        "seqlen": int(windows.shape[1]), "text_tokens": int(data["total_tokens"]),
+        "seconds": time.perf_counter() - started, "versions": provenance.versions(),
+        "machine": provenance.machine(device),
+    })
+    _log(f"{meta.get('run')} perplexity on {meta.get('corpus')}: {value:.3f}")
+
+
+def cmd_zeroshot(a: argparse.Namespace) -> None:
+    from .evaluate.zeroshot import evaluate_tasks
+
+    device = provenance.resolve_device(a.device)
+    settings = json.loads(a.settings)
+    meta = json.loads(a.meta)
+    result = evaluate_tasks(a.model_dir, settings, device, a.dtype, a.task_dir)
+    _write_json(a.out, {**meta, **result, "versions": provenance.versions(), "machine": provenance.machine(device)})
+    _log(f"{meta.get('run')} zero-shot mean accuracy {result['mean']:.4f}")
+
+
+def cmd_zeroshot_tasks(a: argparse.Namespace) -> None:
+    from .data.wiki_tasks import write_local_tasks
+
+    write_local_tasks(a.out_dir, json.loads(a.settings))
+    _log(f"local zero-shot tasks written to {a.out_dir}")
+
+
+def cmd_tables(a: argparse.Namespace) -> None:
+    import yaml
+
+    from .report.tables import collect_results, render_tables
+
+    if a.config.lstrip().startswith("{"):
+        config = json.loads(a.config)
+    else:
+        config = yaml.safe_load(Path(a.config).read_text())
+    frame = collect_results(a.evals)
+    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(a.csv, index=False)
+    Path(a.md).write_text(render_tables(frame, config))
+    _log(f"{len(frame)} results -> {a.csv}, {a.md}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export-dense", help="save a model source as a plain safetensors checkpoint")
+    p.add_argument("--source", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export_dense)
+
+    p = sub.add_parser("calibration", help="seeded calibration windows")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--corpus", required=True, help="corpus spec as JSON")
+    p.add_argument("--nsamples", type=int, required=True)
+    p.add_argument("--seqlen", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="stream")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_calibration)
+
+    p = sub.add_parser("eval-tokens", help="consecutive evaluation windows")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--seqlen", type=int, required=True)
+    p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_eval_tokens)
+
+    p = sub.add_parser("activations", help="dense inputs of block 0 on the calibration windows")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_activations)
+
+    p = sub.add_parser("prune-step", help="prune (and, for ICP, compensate) a group of blocks")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--spec", required=True, help="RunSpec as JSON")
+    p.add_argument("--first", type=int, required=True)
+    p.add_argument("--last", type=int, required=True, help="one past the last block")
+    p.add_argument("--carry-in", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--record", required=True)
+    p.add_argument("--carry-out", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_prune_step)
+
+    p = sub.add_parser("assemble", help="dense checkpoint + pruned blocks -> pruned checkpoint")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--spec", required=True)
+    p.add_argument("--weights", nargs="+", required=True)
+    p.add_argument("--records", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_assemble)
+
+    p = sub.add_parser("perplexity", help="perplexity of a saved model on cached windows")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--meta", default="{}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("zeroshot-tasks", help="write the local zero-shot task files")
+    p.add_argument("--settings", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_zeroshot_tasks)
+
+    p = sub.add_parser("zeroshot", help="lm-eval zero-shot accuracy of a saved model")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--settings", required=True)
+    p.add_argument("--task-dir", default=None)
+    p.add_argument("--meta", default="{}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("tables", help="results.csv and tables.md from every evaluation JSON")
+    p.add_argument("--config", required=True)
+    p.add_argument("--evals", nargs="*", default=[])
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    p.set_defaults(func=cmd_tables)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

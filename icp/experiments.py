@@ -1,0 +1,175 @@
+"""From the workflow config to the list of experiments, their output paths and parameter hashes.
+
+Pure Python (no Snakemake) so it can be tested on its own; `workflow/rules/common.smk` calls it.
+Every path that depends on settings carries a short hash of exactly those settings, so a change
+re-runs only what depends on it and results of different settings never overwrite each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .runs import RunSpec, short_hash
+
+LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
+PERPLEXITY_TABLES = ("table1", "table4")
+ZEROSHOT_TABLES = ("table2", "table5")
+SAM_TABLES = ("table3", "table6")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One model of one table row: a pruned run, or the dense model (`spec` is None)."""
+
+    model: str
+    run: str  # path component: 'dense' or '<method>-<pattern>[-s<pct>][-w<bits>]-<hash>'
+    spec: RunSpec | None
+    spec_data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.spec is None
+
+
+def run_label(method: str, pattern: str, sparsity: float | None, wbits: int) -> str:
+    parts = [method, "unstructured" if pattern == "unstructured" else pattern.replace(":", "of")]
+    if pattern == "unstructured":
+        parts.append(f"s{round(100 * sparsity):02d}")
+    if wbits < 16:
+        parts.append(f"w{wbits}")
+    return "-".join(parts)
+
+
+def calibration_key(config: dict[str, Any], model: str) -> str:
+    """Hash of everything that decides the calibration windows and block-0 inputs."""
+    cal = config["calibration"]
+    return short_hash({"model": config["models"][model], "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
+
+
+def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
+    ppl = config["perplexity"]
+    return short_hash({"model": config["models"][model], "corpus": config["corpora"][corpus],
+                       "seqlen": ppl["seqlen"], "max_windows": ppl.get("max_windows")})
+
+
+def zeroshot_key(config: dict[str, Any]) -> str:
+    return short_hash(config["zeroshot"])
+
+
+def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float | None, wbits: int) -> RunSpec:
+    settings = dict(config["methods"].get(method) or {})
+    if method == "icp":
+        inner = settings.get("inner", "sparsegpt")
+        return RunSpec(
+            method="icp", pattern=pattern, sparsity=sparsity if sparsity is not None else 0.0, wbits=wbits,
+            inner=inner, alpha=float(settings.get("alpha", 1.0)), beta=float(settings.get("beta", 1.0)),
+            compensation=dict(settings.get("compensation") or {}),
+            method_options=dict(config["methods"].get(inner) or {}),
+            track_error=bool(config["engine"].get("track_error", True)),
+        )
+    return RunSpec(
+        method=method, pattern=pattern, sparsity=sparsity if sparsity is not None else 0.0, wbits=wbits,
+        method_options=settings, track_error=bool(config["engine"].get("track_error", True)),
+    )
+
+
+def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sparsity: float | None, wbits: int) -> Experiment:
+    if method == "dense":
+        return Experiment(model, "dense", None)
+    spec = make_spec(config, method, pattern, sparsity, wbits)
+    digest = short_hash({
+        "spec": spec.to_dict(),
+        "calibration": calibration_key(config, model),
+        "blocks_per_step": config["engine"]["blocks_per_step"],
+    })
+    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, spec.to_dict())
+
+
+def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, float | None, int]]:
+    """(model, method, pattern, sparsity, wbits) of every cell a table asks for, dense included."""
+    t = config["tables"].get(table)
+    if not t:
+        return []
+    rows = []
+    for model in t["models"]:
+        if t.get("dense", True):
+            rows.append((model, "dense", "dense", None, 16))
+        for method in t["methods"]:
+            if table in ("table1", "table2"):
+                for s in t["sparsities"]:
+                    rows.append((model, method, "unstructured", float(s), 16))
+            else:
+                for pattern in t["patterns"]:
+                    for bits in t.get("wbits", [16]):
+                        rows.append((model, method, pattern, None, int(bits)))
+    return rows
+
+
+def table_experiments(config: dict[str, Any], table: str) -> list[Experiment]:
+    seen: dict[tuple[str, str], Experiment] = {}
+    for row in table_rows(config, table):
+        exp = experiment(config, *row)
+        seen.setdefault((exp.model, exp.run), exp)
+    return list(seen.values())
+
+
+def all_experiments(config: dict[str, Any]) -> dict[tuple[str, str], Experiment]:
+    out: dict[tuple[str, str], Experiment] = {}
+    for table in LANGUAGE_TABLES:
+        for exp in table_experiments(config, table):
+            out.setdefault((exp.model, exp.run), exp)
+    return out
+
+
+def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[str]:
+    """Every evaluation JSON the tables need."""
+    targets: list[str] = []
+    for table in PERPLEXITY_TABLES:
+        t = config["tables"].get(table)
+        if not t:
+            continue
+        for exp in table_experiments(config, table):
+            for corpus in t["corpora"]:
+                targets.append(perplexity_path(config, exp.model, exp.run, corpus, root))
+    for table in ZEROSHOT_TABLES:
+        if config["tables"].get(table):
+            for exp in table_experiments(config, table):
+                targets.append(zeroshot_path(config, exp.model, exp.run, root))
+    return sorted(set(targets))
+
+
+def perplexity_path(config: dict[str, Any], model: str, run: str, corpus: str, root: str = "results") -> str:
+    return f"{root}/{model}/evals/{run}/ppl-{corpus}-{eval_corpus_key(config, model, corpus)}.json"
+
+
+def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = "results") -> str:
+    return f"{root}/{model}/evals/{run}/zeroshot-{zeroshot_key(config)}.json"
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Cross-references the schema cannot express; each error names the offending key."""
+    known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
+    if config["calibration"]["corpus"] not in config["corpora"]:
+        raise ValueError(f"calibration.corpus {config['calibration']['corpus']!r} is not defined under 'corpora'")
+    for table, t in (config.get("tables") or {}).items():
+        if not t:
+            continue
+        if table in SAM_TABLES:
+            raise ValueError(f"tables.{table}: SAM tables are not implemented yet; remove the entry")
+        for model in t["models"]:
+            if model not in config["models"]:
+                raise ValueError(f"tables.{table}.models: unknown model {model!r}; defined: {sorted(config['models'])}")
+        for method in t["methods"]:
+            if method not in known_methods:
+                raise ValueError(f"tables.{table}.methods: unknown method {method!r}; known: {sorted(known_methods)}")
+        for corpus in t.get("corpora", []):
+            if corpus not in config["corpora"]:
+                raise ValueError(f"tables.{table}.corpora: unknown corpus {corpus!r}; defined: {sorted(config['corpora'])}")
+        for s in t.get("sparsities", []):
+            if not 0 < float(s) < 1:
+                raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
+    # build every run once, so a bad pattern or method setting fails before any job starts
+    for exp in all_experiments(config).values():
+        if exp.spec is not None:
+            exp.spec.as_pattern()

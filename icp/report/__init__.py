@@ -1,0 +1,1 @@
+"""Results tables (and, later, plots) rendered from the evaluation JSON files."""

@@ -1,0 +1,19 @@
+# Stage 2: dense inputs of block 0 on the calibration windows, once per (model, calibration),
+# shared by every method, sparsity and pattern.
+
+
+rule block0_activations:
+    input:
+        dense=rules.export_dense.output.weights,
+        tokens="results/{model}/data/calib-{key}.pt",
+    output:
+        "results/{model}/activations/calib-{key}.pt",
+    params:
+        dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+    log:
+        "results/{model}/logs/activations-{key}.log",
+    benchmark:
+        "results/{model}/benchmarks/activations-{key}.tsv"
+    shell:
+        "{PYTHON} -m icp.cli activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
+        "--dtype {params.dtype} --out {output} > {log} 2>&1"

@@ -1,0 +1,65 @@
+# Config -> experiments, output paths and parameter hashes (the logic lives in icp.experiments).
+import json
+
+from icp import experiments as X
+from icp.runs import block_groups
+
+X.check_config(config)
+EXPERIMENTS = X.all_experiments(config)
+PYTHON = sys.executable
+DEVICE = config.get("device", "auto")
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9_.\-]+",
+    run=r"[A-Za-z0-9_.\-]+",
+    corpus=r"[A-Za-z0-9_.\-]+",
+    group=r"\d{3}",
+    key=r"[0-9a-f]{8}",
+
+
+def uses_gpu():
+    return DEVICE.startswith("cuda") or DEVICE == "auto"
+
+
+def experiment(wc):
+    try:
+        return EXPERIMENTS[(wc.model, wc.run)]
+    except KeyError:
+        raise ValueError(f"no experiment {wc.run!r} for model {wc.model!r} in this config") from None
+
+
+def dense_dir(model):
+    return f"results/{model}/dense"
+
+
+def num_blocks(model):
+    """Blocks of a model, read from its exported dense config (a Snakemake checkpoint)."""
+    out = checkpoints.export_dense.get(model=model).output.config
+    return json.loads(open(out).read())["num_hidden_layers"]
+
+
+def step_groups(model):
+    return block_groups(num_blocks(model), config["engine"]["blocks_per_step"])
+
+
+def model_dir(model, run):
+    return dense_dir(model) if run == "dense" else f"results/{model}/runs/{run}/model"
+
+
+def model_weights(wc):
+    return f"{model_dir(wc.model, wc.run)}/model.safetensors"
+
+
+def run_meta(wc, **extra):
+    exp = experiment(wc) if wc.run != "dense" else None
+    spec = exp.spec_data if exp else {}
+    return json.dumps({
+        "model": wc.model, "run": wc.run,
+        "method": spec.get("method", "dense"),
+        "pattern": spec.get("pattern", "dense"),
+        "sparsity": spec.get("sparsity") if spec.get("pattern") == "unstructured" else None,
+        "wbits": spec.get("wbits", 16),
+        "run_hash": wc.run.rsplit("-", 1)[-1] if exp else None,
+        **extra,
+    })

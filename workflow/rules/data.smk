@@ -1,0 +1,56 @@
+# Stage 1: the dense model as a plain checkpoint, and token windows for calibration and evaluation.
+
+
+checkpoint export_dense:
+    output:
+        config="results/{model}/dense/config.json",
+        weights="results/{model}/dense/model.safetensors",
+    params:
+        source=lambda wc: config["models"][wc.model]["source"],
+        dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+    log:
+        "results/{model}/logs/export_dense.log",
+    benchmark:
+        "results/{model}/benchmarks/export_dense.tsv"
+    resources:
+        mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
+    shell:
+        "{PYTHON} -m icp.cli export-dense --source {params.source:q} --dtype {params.dtype} "
+        "--out results/{wildcards.model}/dense > {log} 2>&1"
+
+
+rule calibration_tokens:
+    input:
+        rules.export_dense.output.config,
+    output:
+        "results/{model}/data/calib-{key}.pt",
+    params:
+        corpus=lambda wc: json.dumps(config["corpora"][config["calibration"]["corpus"]]),
+        cal=config["calibration"],
+        expected=lambda wc: X.calibration_key(config, wc.model),
+    log:
+        "results/{model}/logs/calib-{key}.log",
+    run:
+        if wildcards.key != params.expected:
+            raise ValueError(f"calibration key {wildcards.key} does not match this config ({params.expected})")
+        shell(
+            "{PYTHON} -m icp.cli calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+            "--nsamples {params.cal[nsamples]} --seqlen {params.cal[seqlen]} --seed {params.cal[seed]} "
+            "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
+        )
+
+
+rule eval_tokens:
+    input:
+        rules.export_dense.output.config,
+    output:
+        "results/{model}/data/eval-{corpus}-{key}.pt",
+    params:
+        corpus=lambda wc: json.dumps(config["corpora"][wc.corpus]),
+        seqlen=config["perplexity"]["seqlen"],
+        max_windows=config["perplexity"].get("max_windows") or 0,
+    log:
+        "results/{model}/logs/eval-{corpus}-{key}.log",
+    shell:
+        "{PYTHON} -m icp.cli eval-tokens --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+        "--seqlen {params.seqlen} --max-windows {params.max_windows} --out {output} > {log} 2>&1"

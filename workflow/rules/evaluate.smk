@@ -1,0 +1,63 @@
+# Stage 4: evaluations, one small JSON each: perplexity per corpus, zero-shot accuracy (lm-eval).
+
+
+rule perplexity:
+    input:
+        weights=model_weights,
+        tokens=lambda wc: f"results/{wc.model}/data/eval-{wc.corpus}-{wc.key}.pt",
+    output:
+        "results/{model}/evals/{run}/ppl-{corpus}-{key}.json",
+    params:
+        model_dir=lambda wc: model_dir(wc.model, wc.run),
+        meta=lambda wc: run_meta(wc, corpus=wc.corpus),
+        dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+        device=DEVICE,
+    log:
+        "results/{model}/logs/evals/{run}/ppl-{corpus}-{key}.log",
+    benchmark:
+        "results/{model}/benchmarks/evals/{run}/ppl-{corpus}-{key}.tsv"
+    resources:
+        gpu=1 if uses_gpu() else 0,
+    shell:
+        "{PYTHON} -m icp.cli perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
+        "--meta {params.meta:q} --dtype {params.dtype} --device {params.device} --out {output} > {log} 2>&1"
+
+
+def local_task_dir():
+    return f"results/zeroshot_tasks/{X.zeroshot_key(config)}"
+
+
+rule zeroshot_tasks:
+    output:
+        directory("results/zeroshot_tasks/{key}"),
+    params:
+        settings=json.dumps(config["zeroshot"]),
+    log:
+        "results/logs/zeroshot_tasks-{key}.log",
+    shell:
+        "{PYTHON} -m icp.cli zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
+
+
+rule zeroshot:
+    input:
+        weights=model_weights,
+        tasks=local_task_dir() if config["zeroshot"].get("local_tasks") else [],
+    output:
+        "results/{model}/evals/{run}/zeroshot-{key}.json",
+    params:
+        model_dir=lambda wc: model_dir(wc.model, wc.run),
+        meta=lambda wc: run_meta(wc),
+        settings=json.dumps(config["zeroshot"]),
+        task_dir=f"--task-dir {local_task_dir()}" if config["zeroshot"].get("local_tasks") else "",
+        dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+        device=DEVICE,
+    log:
+        "results/{model}/logs/evals/{run}/zeroshot-{key}.log",
+    benchmark:
+        "results/{model}/benchmarks/evals/{run}/zeroshot-{key}.tsv"
+    resources:
+        gpu=1 if uses_gpu() else 0,
+    shell:
+        "{PYTHON} -m icp.cli zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
+        "{params.task_dir} --meta {params.meta:q} --dtype {params.dtype} --device {params.device} "
+        "--out {output} > {log} 2>&1"
