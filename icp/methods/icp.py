@@ -61,7 +61,7 @@ def compensate(
     if settings.epochs == 0:
         return {"epochs": 0}
     dtype = next(block.parameters()).dtype
-    block.float().train()
+    block.float().eval()  # dropout off: the fine-tune must be deterministic and match inference
     params = _trainable(block, adapter, settings.train)
     for p in block.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,142 @@
+"""The block walk on tiny random OPT and Llama models, CPU only."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from icp.activations import block0_inputs
+from icp.checkpoint import assemble
+from icp.data.tokens import calibration_windows, evaluation_windows, tokenize_stream
+from icp.engine import BlockRunner, Streams
+from icp.evaluate.perplexity import perplexity, perplexity_blockwise
+from icp.methods.icp import Compensation, compensate
+from icp.models import adapter_for
+from icp.models.loading import CheckpointReader, load_config, load_model
+from icp.runs import RunSpec, prune_group
+
+
+@pytest.fixture
+def setup(tiny_dirs, family, text, tmp_path):
+    model_dir = tiny_dirs[family]
+    model, tok = load_model(str(model_dir))
+    windows = calibration_windows(tok, [text], 8, 32, seed=0)
+    x0 = block0_inputs(model, adapter_for(model.config.model_type), windows)
+    torch.save({"error": x0}, tmp_path / "x0.pt")
+    evals = evaluation_windows(tokenize_stream(tok, [text]), 32, 12)
+    return model_dir, model, tmp_path, evals
+
+
+def run_all(model_dir, spec, tmp, groups=((0, 2), (2, 3)), name="run"):
+    carry = tmp / "x0.pt"
+    weights = []
+    for g, (a, b) in enumerate(groups):
+        out = tmp / name
+        prune_group(model_dir, spec, range(a, b), carry, out / f"{g}.safetensors", out / f"{g}.json", out / f"{g}.carry.pt", log=lambda s: None)
+        carry = out / f"{g}.carry.pt"
+        weights.append(out / f"{g}.safetensors")
+    assemble(model_dir, weights, tmp / name / "model", {"spec": spec.to_dict()})
+    return tmp / name / "model"
+
+
+def test_blockwise_perplexity_equals_whole_model(setup):
+    model_dir, model, tmp, evals = setup
+    full = perplexity(model, evals)
+    blockwise = perplexity_blockwise(model, adapter_for(model.config.model_type), evals, "cpu")
+    assert blockwise == pytest.approx(full, rel=1e-4)
+
+
+def test_block_runner_reproduces_the_model(setup):
+    model_dir, model, tmp, evals = setup
+    config = load_config(model_dir)
+    adapter = adapter_for(config.model_type)
+    runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float32, evals.shape[1])
+    hidden = block0_inputs(model, adapter, evals[:4])
+    for i in range(runner.num_blocks):
+        hidden = runner.forward(runner.load(i), hidden)
+    with torch.no_grad():
+        got = adapter.logits(model, hidden)
+        expected = model(evals[:4]).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "icp"])
+def test_pruned_model_saves_reloads_and_has_target_sparsity(setup, method):
+    model_dir, model, tmp, evals = setup
+    spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0)
+    out = run_all(model_dir, spec, tmp, name=method)
+    pruned, _ = load_model(str(out))
+    adapter = adapter_for(pruned.config.model_type)
+    total = zeros = 0
+    for block in adapter.blocks(pruned):
+        for linear in adapter.prunable_linears(block).values():
+            total += linear.weight.numel()
+            zeros += int((linear.weight == 0).sum())
+    assert zeros / total == pytest.approx(0.5, abs=0.01)
+    ppl = perplexity(pruned, evals)
+    reloaded, _ = load_model(str(out))
+    assert perplexity(reloaded, evals) == ppl
+    assert json.loads((out / "pruning.json").read_text())["spec"]["method"] == method
+
+
+def test_icp_without_compensation_or_rearrangement_is_sequential_sparsegpt(setup):
+    model_dir, model, tmp, evals = setup
+    icp = run_all(model_dir, RunSpec("icp", sparsity=0.6, compensation={"epochs": 0}), tmp, name="icp0")
+    sgpt = run_all(model_dir, RunSpec("sparsegpt", sparsity=0.6), tmp, name="sgpt")
+    a, b = load_file(str(icp / "model.safetensors")), load_file(str(sgpt / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_compensation_lowers_block_output_error(setup):
+    model_dir, model, tmp, evals = setup
+    config = load_config(model_dir)
+    adapter = adapter_for(config.model_type)
+    runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float32, 32)
+    x = torch.load(tmp / "x0.pt")["error"]
+    target = runner.forward(runner.load(1), x)
+    noisy = x + 0.3 * x.std() * torch.randn_like(x)  # an "error stream"
+    block = runner.load(1)
+    before = float((runner.forward(block, noisy) - target).pow(2).mean())
+    compensate(block, adapter, runner.kwargs, noisy, target, Compensation(epochs=3, lr=1e-3))
+    after = float((runner.forward(block, noisy) - target).pow(2).mean())
+    assert after < 0.9 * before
+
+
+def test_resume_after_kill_is_bit_identical(setup, monkeypatch):
+    model_dir, model, tmp, evals = setup
+    spec = RunSpec("icp", sparsity=0.5, alpha=0.8, beta=0.9, compensation={"lr": 1e-3})
+    whole = run_all(model_dir, spec, tmp, groups=((0, 3),), name="whole")
+
+    import icp.runs as runs
+
+    real_step = runs.run_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "run_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")
+    progress = tmp / "resumed" / "0.carry.pt.progress"
+    assert progress.exists()
+    monkeypatch.setattr(runs, "run_step", real_step)
+    resumed = run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")
+    assert not progress.exists()
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    rec_whole = json.loads((tmp / "whole" / "0.json").read_text())
+    rec_res = json.loads((tmp / "resumed" / "0.json").read_text())
+    assert [r["output_mse"] for r in rec_whole] == [r["output_mse"] for r in rec_res]
+
+
+def test_unknown_family_is_named():
+    with pytest.raises(ValueError, match="unsupported model family 'gpt2'"):
+        adapter_for("gpt2")
