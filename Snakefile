@@ -7,10 +7,14 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 sys.path.insert(0, workflow.basedir)  # the icp package, also when it is not pip-installed
 
-configfile: "config/config.yaml"
+# The embedded default, unless --configfile names another (configs are never merged: a paper-grid
+# run must not inherit the default's model).
+if not workflow.config_settings.configfiles:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -25,30 +25,43 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class GroupProgress:
-    """Mid-group progress beside a group's carry file, valid only for the same run and blocks."""
+    """Mid-group progress beside a group's carry file, so a killed job resumes at its last finished block.
+
+    Each finished block is its own file (written once); `window.pt` holds the window state after
+    the newest one. Both are valid only for the same run settings and block range.
+    """
 
     def __init__(self, carry_out: Path, spec: dict[str, Any], blocks: range) -> None:
-        self.path = carry_out.with_name(carry_out.name + ".progress")
-        self.key = {"spec": spec, "blocks": [blocks.start, blocks.stop]}
+        self.dir = carry_out.with_name(carry_out.name + ".progress")
+        self.key = json.dumps({"spec": spec, "blocks": [blocks.start, blocks.stop]}, sort_keys=True)
 
     def load(self) -> dict[str, Any] | None:
-        if not self.path.exists():
+        """{'next_block', 'carry', 'finished', 'records'} of the newest saved block, or None."""
+        window = self.dir / "window.pt"
+        if not window.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            state = torch.load(window, map_location="cpu", weights_only=True)
+            if state.get("key") != self.key:
+                return None
+            finished, records = {}, []
+            for index in range(json.loads(self.key)["blocks"][0], state["next_block"]):
+                block = torch.load(self.dir / f"block_{index:04d}.pt", map_location="cpu", weights_only=True)
+                finished[index] = block["weights"]
+                records.append(json.loads(block["record"]))
         except Exception as err:  # a corrupt progress file costs only the blocks since the group began
-            print(f"ignoring unreadable progress file {self.path}: {err}")
+            print(f"ignoring unreadable progress in {self.dir}: {err}")
             return None
-        if json.loads(state.get("key", "null")) != self.key:
-            return None
-        return state
+        return {"next_block": state["next_block"], "carry": state["carry"], "finished": finished, "records": records}
 
-    def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({**state, "key": json.dumps(self.key)}, self.path)
+    def save(self, index: int, weights: dict[str, torch.Tensor], record: dict[str, Any], carry: dict[str, Any]) -> None:
+        """Record block `index` as finished, with the window state after it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"weights": weights, "record": json.dumps(record)}, self.dir / f"block_{index:04d}.pt")
+        atomic_torch_save({"key": self.key, "next_block": index + 1, "carry": carry}, self.dir / "window.pt")
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def save_group_outputs(adapter, finished: dict[int, dict[str, torch.Tensor]], records: list[dict[str, Any]],

@@ -122,7 +122,7 @@ def prune_group(
     progress = GroupProgress(Path(carry_out), spec.to_dict(), blocks)
     state = progress.load()
     if state is not None:
-        log(f"resuming at block {state['next_block']} from {progress.path}")
+        log(f"resuming at block {state['next_block']} from {progress.dir}")
         carry, finished, records = state["carry"], state["finished"], state["records"]
         start = state["next_block"]
     else:
@@ -141,7 +141,7 @@ def prune_group(
         log(msg)
         carry = _carry_dict(streams, pending)
         if index + 1 < blocks.stop:
-            progress.save({"next_block": index + 1, "carry": carry, "finished": finished, "records": records})
+            progress.save(index, result.block, result.record, carry)
 
     save_group_outputs(adapter, finished, records, carry, out_weights, out_record, carry_out)
     progress.clear()

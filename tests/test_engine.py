@@ -124,7 +124,7 @@ def test_resume_after_kill_is_bit_identical(setup, monkeypatch):
     monkeypatch.setattr(runs, "run_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")
-    progress = tmp / "resumed" / "0.carry.pt.progress"
+    progress = tmp / "resumed" / "0.carry.pt.progress" / "window.pt"
     assert progress.exists()
     monkeypatch.setattr(runs, "run_step", real_step)
     resumed = run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")

@@ -1,0 +1,119 @@
+"""Time and peak accelerator memory of ICP, SparseGPT and Wanda on randomly initialised models
+shaped like OPT-125M / 1.3B / 6.7B and Llama-2-7B (weight values do not change the cost).
+
+    python benchmarks/prune_benchmark.py --models opt-125m opt-6.7b --methods icp sparsegpt wanda
+
+Calibration is the paper's: 128 windows of 2048 tokens. Blocks are generated on the fly instead of
+read from a checkpoint, so nothing but one block at a time ever exists. Writes a Markdown table
+and a JSON of every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from transformers import LlamaConfig, OPTConfig
+
+from icp.engine import BlockRunner, Streams, run_step
+from icp.models import adapter_for
+from icp.runs import RunSpec
+
+SHAPES = {
+    "opt-125m": OPTConfig(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=2048),
+    "opt-1.3b": OPTConfig(hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32, max_position_embeddings=2048),
+    "opt-6.7b": OPTConfig(hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048),
+    "llama-2-7b": LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                              num_key_value_heads=32, max_position_embeddings=4096),
+}
+
+
+class RandomBlocks:
+    """Stands in for a checkpoint reader: every block gets freshly drawn weights (seeded by index)."""
+
+    def __init__(self, adapter, config, dtype):
+        self.adapter, self.config, self.dtype = adapter, config, dtype
+
+    def read_prefix(self, prefix: str) -> dict[str, torch.Tensor]:
+        index = int(prefix.rstrip(".").split(".")[-1])
+        torch.manual_seed(index)
+        with torch.device("cuda"):
+            block = self.adapter.build_block(self.config, index)
+        for p in block.parameters():
+            if p.dim() == 2:
+                p.data.normal_(0, 0.02)
+        return {k: v.to(self.dtype).cpu() for k, v in block.state_dict().items()}
+
+
+def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None) -> dict:
+    config = SHAPES[name]
+    config._attn_implementation = "sdpa"
+    adapter = adapter_for(config.model_type)
+    runner = BlockRunner(adapter, config, RandomBlocks(adapter, config, dtype), "cuda", dtype, seqlen, batch_size=8)
+    spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0,
+                   compensation={"epochs": 1, "lr": 1e-5, "batch_size": 8} if method == "icp" else {},
+                   track_error=False)
+    plan = spec.plan(runner)
+    blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
+    torch.manual_seed(0)
+    x0 = torch.randn(nsamples, seqlen, config.hidden_size, dtype=dtype, device="cuda")
+    streams = Streams(x0, x0 if plan.compensation else None)
+    pending = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    started = time.perf_counter()
+    per_block = []
+    for index in range(blocks):
+        t = time.perf_counter()
+        result = run_step(runner, index, streams, pending, plan)
+        streams, pending = result.streams, result.pending
+        torch.cuda.synchronize()
+        per_block.append(time.perf_counter() - t)
+    seconds = time.perf_counter() - started
+    total_blocks = runner.num_blocks
+    return {
+        "model": name, "method": method, "blocks_run": blocks, "blocks": total_blocks,
+        "seconds": seconds, "seconds_full_model": seconds / blocks * total_blocks,
+        "median_block_s": sorted(per_block)[len(per_block) // 2],
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "streams_gib": base / 2**30,
+        "nsamples": nsamples, "seqlen": seqlen, "dtype": str(dtype),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=list(SHAPES))
+    parser.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "icp"])
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--max-blocks", type=int, default=None, help="time only this many blocks, extrapolate")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        for method in args.methods:
+            row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks)
+            row["gpu"] = torch.cuda.get_device_name()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            torch.cuda.empty_cache()
+    from pathlib import Path
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prune_benchmark.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| model | method | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['method']} | {r['seconds_full_model']:.0f} | {r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")
+    lines.append(f"\n{rows[0]['gpu']}, {platform.node()}, torch {torch.__version__}, {args.nsamples} x {args.seqlen} calibration tokens, fp16")
+    (out / "prune_benchmark.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The real Snakemake workflow end to end on tiny models, plus its incremental and resume behaviour."""
+
+import copy
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import REPO, planned_jobs, snakemake, tiny_workflow, write_config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    config = tiny_workflow(root)
+    snakemake(root, "--cores", "2", "results/tables.md")
+    return root, config
+
+
+def test_tables_and_csv_agree(finished):
+    root, config = finished
+    md = (root / "results" / "tables.md").read_text()
+    frame = pd.read_csv(root / "results" / "results.csv")
+    for title in ("Table 1.", "Table 2.", "Table 4.", "Table 5."):
+        assert title in md
+    assert "_Omitted" in md.split("Table 3.")[1].split("Table 4.")[0]
+    # every pruned run of table 1 has a finite perplexity, and each number in the markdown comes from the CSV
+    t1 = frame[(frame.model == "tiny-llama") & (frame.evaluation == "perplexity")]
+    assert set(t1.method) == {"dense", "magnitude", "wanda", "sparsegpt", "icp"}
+    assert all(math.isfinite(v) and v > 1 for v in t1.value)
+    for value in t1.value:
+        assert f"{value:.2f}" in md
+    best = t1[t1.method != "dense"].value.min()
+    assert f"**{best:.2f}**" in md
+    t4 = frame[(frame.model == "tiny-opt") & (frame.evaluation == "perplexity")]
+    assert {(p, w) for p, w in zip(t4.pattern, t4.wbits) if p != "dense"} == {("2:4", 16), ("2:4", 4)}
+    zs = frame[frame.evaluation == "zeroshot"]
+    assert set(zs.dataset) == {"wiki_description", "mean"}
+    assert all(0 <= v <= 1 for v in zs.value)
+    assert "2:4+int4" in md
+
+
+def test_pruned_checkpoints_are_complete(finished):
+    import json
+
+    root, _ = finished
+    records = list((root / "results" / "tiny-opt" / "runs").glob("*/model/pruning.json"))
+    assert len(records) == 4
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
+        assert len(rec["blocks"]) == 3
+    # temp window states are gone once the run is assembled
+    assert not list((root / "results").rglob("*.carry.pt"))
+
+
+def test_nothing_left_to_do(finished):
+    root, _ = finished
+    assert planned_jobs(root) == {}
+
+
+def test_icp_setting_reruns_only_icp(finished):
+    root, config = finished
+    changed = copy.deepcopy(config)
+    changed["methods"]["icp"]["alpha"] = 0.7
+    write_config(root, changed, "alpha.yaml")
+    jobs = planned_jobs(root, "alpha.yaml")
+    icp_runs = 1 + 2 + 1  # table1/2 at 50 %, table4 2:4 x {16, 4}, table5 2:4 -> 4 runs
+    assert jobs.get("assemble_model") == icp_runs
+    assert jobs.get("prune_step") == 2 * icp_runs
+    assert "calibration_tokens" not in jobs and "block0_activations" not in jobs and "export_dense" not in jobs
+
+
+def test_eval_setting_reruns_only_evaluations(finished):
+    root, config = finished
+    changed = copy.deepcopy(config)
+    changed["perplexity"]["max_windows"] = 3
+    write_config(root, changed, "evals.yaml")
+    jobs = planned_jobs(root, "evals.yaml")
+    assert set(jobs) == {"eval_tokens", "perplexity", "tables"}
+    assert jobs["eval_tokens"] == 2
+
+
+def test_new_sparsity_adds_only_its_runs(finished):
+    root, config = finished
+    changed = copy.deepcopy(config)
+    changed["tables"]["table1"]["sparsities"] = [0.5, 0.6]
+    write_config(root, changed, "sparsity.yaml")
+    jobs = planned_jobs(root, "sparsity.yaml")
+    assert jobs["assemble_model"] == 4 and jobs["prune_step"] == 8
+    assert "zeroshot" not in jobs  # table 2 still asks only for 50 %
+
+
+def test_bad_config_stops_before_any_work(finished, tmp_path):
+    root, config = finished
+    bad = copy.deepcopy(config)
+    bad["calibration"]["nsampels"] = 3
+    write_config(root, bad, "typo.yaml")
+    result = snakemake(root, "-n", "--cores", "1", config="typo.yaml", check=False)
+    assert result.returncode != 0 and "nsampels" in result.stdout + result.stderr
+    bad = copy.deepcopy(config)
+    bad["tables"]["table1"]["models"] = ["opt-99b"]
+    write_config(root, bad, "model.yaml")
+    result = snakemake(root, "-n", "--cores", "1", config="model.yaml", check=False)
+    assert result.returncode != 0 and "unknown model 'opt-99b'" in result.stdout + result.stderr
+    bad = copy.deepcopy(config)
+    bad["tables"]["table1"]["sparsities"] = [1.5]
+    write_config(root, bad, "sparsity_bad.yaml")
+    result = snakemake(root, "-n", "--cores", "1", config="sparsity_bad.yaml", check=False)
+    assert result.returncode != 0 and "1.5" in result.stdout + result.stderr
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    root = tmp_path
+    config = tiny_workflow(root)
+    config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["icp"], "sparsities": [0.5], "corpora": ["heldout"]}}
+    config["engine"]["blocks_per_step"] = 1
+    write_config(root, config)
+    # an uninterrupted run in a sibling directory
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for item in ("models", "text"):
+        (clean / item).symlink_to(root / item)
+    write_config(clean, config)
+    snakemake(clean, "--cores", "1", "results/tables.md")
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(root),
+           "--configfile", str(root / "config.yaml"), "--cores", "1", "results/tables.md"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(root.glob("results/tiny-llama/runs/*/steps/000.json")):
+        time.sleep(0.2)
+    __import__("os").killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(root.glob("results/tiny-llama/runs/*/steps/000.json")), "the first block never finished"
+    assert not (root / "results" / "tables.md").exists()
+    result = snakemake(root, "--cores", "1", "results/tables.md")
+    assert "prune_step" in result.stdout + result.stderr
+    a = pd.read_csv(clean / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
+    b = pd.read_csv(root / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
+    assert a == b
