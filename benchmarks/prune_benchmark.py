@@ -48,7 +48,8 @@ class RandomBlocks:
         return {k: v.to(self.dtype).cpu() for k, v in block.state_dict().items()}
 
 
-def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None) -> dict:
+def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
+          offload: bool = False) -> dict:
     config = SHAPES[name]
     config._attn_implementation = "sdpa"
     adapter = adapter_for(config.model_type)
@@ -60,6 +61,8 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
     torch.manual_seed(0)
     x0 = torch.randn(nsamples, seqlen, config.hidden_size, dtype=dtype, device="cuda")
+    if offload:  # streams in host memory, one batch at a time on the GPU
+        x0 = x0.cpu()
     streams = Streams(x0, x0 if plan.compensation else None)
     pending = None
     torch.cuda.synchronize()
@@ -81,7 +84,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
         "median_block_s": sorted(per_block)[len(per_block) // 2],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "streams_gib": base / 2**30,
-        "nsamples": nsamples, "seqlen": seqlen, "dtype": str(dtype),
+        "nsamples": nsamples, "seqlen": seqlen, "dtype": str(dtype), "offload_streams": offload,
     }
 
 
@@ -92,12 +95,13 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--max-blocks", type=int, default=None, help="time only this many blocks, extrapolate")
+    parser.add_argument("--offload", action="store_true", help="keep the hidden-state streams in host memory")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     rows = []
     for name in args.models:
         for method in args.methods:
-            row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks)
+            row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks, args.offload)
             row["gpu"] = torch.cuda.get_device_name()
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -106,12 +110,13 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_benchmark.json").write_text(json.dumps(rows, indent=1))
+    suffix = "_offload" if args.offload else ""
+    (out / f"prune_benchmark{suffix}.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | method | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['seconds_full_model']:.0f} | {r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")
-    lines.append(f"\n{rows[0]['gpu']}, {platform.node()}, torch {torch.__version__}, {args.nsamples} x {args.seqlen} calibration tokens, fp16")
-    (out / "prune_benchmark.md").write_text("\n".join(lines) + "\n")
+    lines.append(f"\n{rows[0]['gpu']}, {platform.node()}, torch {torch.__version__}, {args.nsamples} x {args.seqlen} calibration tokens, fp16, streams {'in host memory' if args.offload else 'on the GPU'}")
+    (out / f"prune_benchmark{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

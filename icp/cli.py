@@ -88,7 +88,7 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.weights, a.record, a.carry_out,
-                device=device, batch_size=a.batch_size, log=_log)
+                device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
         _log(f"peak accelerator memory {peak:.2f} GiB")
@@ -155,20 +155,36 @@ def cmd_zeroshot_tasks(a: argparse.Namespace) -> None:
     _log(f"local zero-shot tasks written to {a.out_dir}")
 
 
+def cmd_collect(a: argparse.Namespace) -> None:
+    from .report.tables import collect_results
+
+    frame = collect_results(a.evals)
+    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(a.csv, index=False)
+    _log(f"{len(frame)} results -> {a.csv}")
+
+
+def cmd_plots(a: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .report.plots import draw_all
+
+    paths = draw_all(pd.read_csv(a.csv), a.records, a.out_dir)
+    _log(f"{len(paths)} plot files in {a.out_dir}")
+
+
 def cmd_tables(a: argparse.Namespace) -> None:
+    import pandas as pd
     import yaml
 
-    from .report.tables import collect_results, render_tables
+    from .report.tables import render_tables
 
     if a.config.lstrip().startswith("{"):
         config = json.loads(a.config)
     else:
         config = yaml.safe_load(Path(a.config).read_text())
-    frame = collect_results(a.evals)
-    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(a.csv, index=False)
-    Path(a.md).write_text(render_tables(frame, config))
-    _log(f"{len(frame)} results -> {a.csv}, {a.md}")
+    Path(a.md).write_text(render_tables(pd.read_csv(a.csv), config, plots=a.plots))
+    _log(f"tables -> {a.md}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--offload-streams", action="store_true", help="keep hidden-state streams in host memory")
     p.set_defaults(func=cmd_prune_step)
 
     p = sub.add_parser("assemble", help="dense checkpoint + pruned blocks -> pruned checkpoint")
@@ -254,10 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_zeroshot)
 
-    p = sub.add_parser("tables", help="results.csv and tables.md from every evaluation JSON")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("collect", help="results.csv from every evaluation JSON")
     p.add_argument("--evals", nargs="*", default=[])
     p.add_argument("--csv", required=True)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("plots", help="figures from results.csv and the runs' records")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--records", nargs="*", default=[])
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("tables", help="tables.md from results.csv")
+    p.add_argument("--config", required=True, help="the config as JSON, or a YAML file")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--plots", nargs="*", default=[], help="plot files to link")
     p.add_argument("--md", required=True)
     p.set_defaults(func=cmd_tables)
     return parser

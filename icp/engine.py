@@ -103,11 +103,24 @@ class BlockRunner:
 
     @torch.no_grad()
     def forward(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Block output for every sample, in batches; the result stays where `hidden` is
+        (streams may live in host memory while the block runs on the accelerator)."""
         out = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], self.batch_size):
-            batch = hidden[start : start + self.batch_size]
-            out[start : start + self.batch_size] = self.adapter.run_block(block, batch, self.kwargs)
+            batch = hidden[start : start + self.batch_size].to(self.device, non_blocking=True)
+            out[start : start + self.batch_size] = self.adapter.run_block(block, batch, self.kwargs).to(out.device)
         return out
+
+    @torch.no_grad()
+    def mean_squared_error(self, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+        """(mean (a - b)^2, mean b^2), computed batch by batch on the compute device."""
+        diff = energy = torch.zeros((), device=self.device, dtype=torch.float64)
+        for start in range(0, a.shape[0], self.batch_size):
+            x = a[start : start + self.batch_size].to(self.device).float()
+            y = b[start : start + self.batch_size].to(self.device).float()
+            diff = diff + (x - y).pow(2).sum(dtype=torch.float64)
+            energy = energy + y.pow(2).sum(dtype=torch.float64)
+        return float(diff / a.numel()), float(energy / a.numel())
 
     def layer_shapes(self) -> list[list[LayerShape]]:
         """Prunable linears of every block with their role and size (built on the meta device)."""
@@ -166,9 +179,9 @@ def run_step(runner: BlockRunner, index: int, streams: Streams, pending: StateDi
         if streams.dense is None:
             raise ValueError("this plan needs the dense stream, but the streams carry none")
         dense_out = streams.dense if streams.dense_ahead else runner.forward(dense_block, streams.dense)
-        diff = (error_out.float() - dense_out.float()).pow(2).mean()
-        record["output_mse"] = float(diff)
-        record["output_rel_mse"] = float(diff / dense_out.float().pow(2).mean().clamp_min(1e-30))
+        mse, energy = runner.mean_squared_error(error_out, dense_out)
+        record["output_mse"] = mse
+        record["output_rel_mse"] = mse / max(energy, 1e-30)
     del dense_block
 
     new_pending = None

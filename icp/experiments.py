@@ -173,3 +173,8 @@ def check_config(config: dict[str, Any]) -> None:
     for exp in all_experiments(config).values():
         if exp.spec is not None:
             exp.spec.as_pattern()
+
+
+def run_records(config: dict[str, Any], root: str = "results") -> list[str]:
+    """The pruning record (pruning.json) of every pruned run the tables need."""
+    return sorted(f"{root}/{e.model}/runs/{e.run}/model/pruning.json" for e in all_experiments(config).values() if not e.is_dense)

@@ -98,13 +98,15 @@ def prune_group(
     carry_out: str | Path,
     device: str = "cpu",
     batch_size: int = 8,
+    offload_streams: bool = False,
     log=print,
 ) -> None:
     """Prune blocks `blocks` of a run, starting from the window state in `carry_in`.
 
     `carry_in` is the dense block-0 input cache (first group) or the previous group's carry.
     Progress is saved after every block beside `carry_out`, so a killed job resumes at the
-    last finished block with bit-identical results.
+    last finished block with bit-identical results. With `offload_streams` the hidden-state
+    streams stay in host memory and only one batch at a time visits the accelerator.
     """
     config = load_config(dense_dir)
     adapter = adapter_for(config.model_type)
@@ -128,7 +130,7 @@ def prune_group(
     else:
         finished, records, start = {}, [], blocks.start
 
-    streams = Streams(carry["error"], carry["dense"], carry["dense_ahead"]).to(device)
+    streams = Streams(carry["error"], carry["dense"], carry["dense_ahead"]).to("cpu" if offload_streams else device)
     pending = carry["pending"]
     for index in range(start, blocks.stop):
         result = run_step(runner, index, streams, pending, plan)

@@ -79,7 +79,7 @@ def snakemake(root: Path, *args: str, config: str = "config.yaml", check: bool =
 
 def planned_jobs(root: Path, config: str = "config.yaml") -> dict[str, int]:
     """Rule -> job count that `snakemake -n` would run."""
-    out = snakemake(root, "-n", "--cores", "1", "--quiet", "rules", "results/tables.md", config=config).stdout
+    out = snakemake(root, "results/tables.md", "-n", "--cores", "1", "--quiet", "rules", config=config).stdout
     counts = {}
     for line in out.splitlines():
         parts = line.split()

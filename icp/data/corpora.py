@@ -86,6 +86,7 @@ def load_corpus(spec: dict[str, Any]) -> list[str]:
     source = spec.pop("source", None)
     spec.pop("label", None)
     spec.pop("sampler", None)
+    spec.pop("separator", None)
     if source not in SOURCES:
         raise ValueError(f"unknown text source {source!r}; known: {sorted(SOURCES)}")
     docs = SOURCES[source](**spec)

@@ -29,7 +29,10 @@ def evaluate_tasks(model_dir: str, settings: dict[str, Any], device: str, dtype:
     model.to(device)
     tasks: dict[str, dict[str, Any]] = {name: (cfg or {}) for name, cfg in settings["tasks"].items()}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(settings.get("batch_size", 8)), device=device)
-    manager = TaskManager(include_path=task_dir) if task_dir else TaskManager()
+    local = set((settings.get("local_tasks") or {}).get("names", []))
+    # indexing lm-eval's hundreds of built-in tasks costs seconds per model: skip it when every task is local
+    only_local = bool(task_dir) and set(tasks) <= local
+    manager = TaskManager(include_path=task_dir, include_defaults=not only_local) if task_dir else TaskManager()
     output = lm_eval.simple_evaluate(
         model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=0,
         limit=settings.get("limit"), random_seed=0, numpy_random_seed=0, torch_random_seed=0,

@@ -69,16 +69,18 @@ def compensate(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + seed_offset)
-    use_amp = settings.amp and inputs.device.type == "cuda"
+    device = next(block.parameters()).device  # the streams may live in host memory
+    use_amp = settings.amp and device.type == "cuda"
     samples = inputs.shape[0]
     epoch_losses = []
     for _epoch in range(settings.epochs):
         order = torch.randperm(samples, generator=generator).to(inputs.device)
-        total = torch.zeros((), device=inputs.device)
+        total = torch.zeros((), device=device)
         steps = 0
         for start in range(0, samples, settings.batch_size):
             index = order[start : start + settings.batch_size]
-            x, y = inputs[index].float(), targets[index].float()
+            x = inputs[index].to(device, non_blocking=True).float()
+            y = targets[index].to(device, non_blocking=True).float()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out = adapter.run_block(block, x, block_kwargs)
             loss = F.mse_loss(out.float(), y)

@@ -145,7 +145,7 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     return blocks
 
 
-def render_tables(frame: pd.DataFrame, config: dict[str, Any]) -> str:
+def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
     """`results/tables.md`: every table the config asks for, with its notes; others say why they are absent."""
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
     if config.get("notes"):
@@ -172,4 +172,8 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any]) -> str:
             parts.append(f"_Perplexity over the first {', '.join(map(str, counts))} windows of each text, not the whole text._\n")
         if key in ("table2", "table5") and not subset[subset["evaluation"] == "zeroshot"].empty:
             parts.append("_Zero-shot accuracy on a subset of each task (`zeroshot.limit`)._\n")
+    images = [p for p in (plots or []) if p.endswith(".png")]
+    if images:
+        parts.append("## Plots\n")
+        parts.extend(f"![{Path(p).stem}](plots/{Path(p).name})\n" for p in images)
     return "\n".join(parts)

@@ -23,6 +23,7 @@ rule prune_step:
         last=lambda wc: (int(wc.group) + 1) * config["engine"]["blocks_per_step"],
         batch=config["engine"].get("batch_size", 8),
         device=DEVICE,
+        offload="--offload-streams" if config["engine"].get("offload_streams") else "",
     log:
         "results/{model}/logs/runs/{run}/step-{group}.log",
     benchmark:
@@ -35,7 +36,7 @@ rule prune_step:
         "{PYTHON} -m icp.cli prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--first {params.first} --last {params.last} --carry-in {input.carry} --weights {output.weights} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
-        "--batch-size {params.batch} > {log} 2>&1"
+        "--batch-size {params.batch} {params.offload} > {log} 2>&1"
 
 
 def step_files(wc, kind):

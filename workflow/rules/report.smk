@@ -1,16 +1,51 @@
-# Stage 5: every number into results/results.csv, and the six tables into results/tables.md.
+# Stage 5: every number into results/results.csv, the figures, and the six tables into
+# results/tables.md.   snakemake --report results/report.html  bundles them with captions.
+
+PLOTS = ["perplexity_vs_sparsity", "zeroshot_mean", "block_error", "cost"]
+
+
+rule collect_results:
+    input:
+        X.evaluation_targets(config),
+    output:
+        "results/results.csv",
+    log:
+        "results/logs/collect.log",
+    shell:
+        "{PYTHON} -m icp.cli collect --evals {input} --csv {output} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        csv="results/results.csv",
+        records=X.run_records(config),
+    output:
+        **{
+            f"{name}_png": report(
+                f"results/plots/{name}.png",
+                caption=f"{workflow.basedir}/workflow/report/{name}.rst",
+                category="Plots",
+            )
+            for name in PLOTS
+        },
+        **{f"{name}_svg": f"results/plots/{name}.svg" for name in PLOTS},
+        **{f"{name}_csv": f"results/plots/{name}.csv" for name in PLOTS},
+    log:
+        "results/logs/plots.log",
+    shell:
+        "{PYTHON} -m icp.cli plots --csv {input.csv} --records {input.records} --out-dir results/plots > {log} 2>&1"
 
 
 rule tables:
     input:
-        X.evaluation_targets(config),
-    output:
         csv="results/results.csv",
-        md="results/tables.md",
+        plots=[f"results/plots/{name}.png" for name in PLOTS],
+    output:
+        report("results/tables.md", caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
         config=json.dumps(config),
     log:
         "results/logs/tables.log",
     shell:
-        "{PYTHON} -m icp.cli tables --config {params.config:q} --evals {input} "
-        "--csv {output.csv} --md {output.md} > {log} 2>&1"
+        "{PYTHON} -m icp.cli tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
+        "--md {output} > {log} 2>&1"

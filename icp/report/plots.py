@@ -1,0 +1,135 @@
+"""Figures from results.csv and the runs' records: perplexity and IoU curves, zero-shot bars,
+the per-block output error (the paper's Figure 1 "error snowball"), and cost per method.
+
+Every figure is written as PNG and SVG, with the exact series it draws beside it as CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .tables import METHOD_NAMES  # noqa: E402
+
+ORDER = ["magnitude", "wanda", "sparsegpt", "icp"]
+
+
+def _save(fig, series: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.svg", out_dir / f"{name}.csv"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    series.to_csv(paths[2], index=False)
+    plt.close(fig)
+    return paths
+
+
+def perplexity_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Sparsity -> perplexity, one panel per (model, corpus), one line per method, log-scale y."""
+    ppl = frame[(frame.evaluation == "perplexity") & (frame.pattern == "unstructured") & (frame.wbits == 16)]
+    series = ppl[["model", "dataset", "method", "sparsity", "value"]].sort_values(["model", "dataset", "method", "sparsity"])
+    panels = list(series.groupby(["model", "dataset"]))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
+    for ax, ((model, corpus), data) in zip(axes[0], panels):
+        for method in [m for m in ORDER if m in set(data.method)]:
+            d = data[data.method == method]
+            ax.plot(100 * d.sparsity, d.value, marker="o", label=METHOD_NAMES[method])
+        dense = frame[(frame.model == model) & (frame.dataset == corpus) & (frame.method == "dense")]
+        if not dense.empty:
+            ax.axhline(float(dense.value.iloc[0]), color="gray", linestyle="--", label="Dense")
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"{model} — {corpus}")
+        ax.legend()
+    return _save(fig, series, out_dir, "perplexity_vs_sparsity")
+
+
+def zeroshot_bars(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Mean zero-shot accuracy per method, grouped by setting (sparsity or N:M + bits)."""
+    zs = frame[(frame.evaluation == "zeroshot") & (frame.dataset == "mean")].copy()
+    zs["setting"] = [
+        "dense" if p == "dense" else (f"{round(100 * s)}%" if p == "unstructured" else p) + ("" if w >= 16 else f"+int{w}")
+        for p, s, w in zip(zs.pattern, zs.sparsity, zs.wbits)
+    ]
+    series = zs[["model", "setting", "method", "value"]].sort_values(["model", "setting", "method"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    settings = [s for s in dict.fromkeys(series.setting) if s != "dense"]
+    width = 0.8 / max(1, len(ORDER))
+    for k, method in enumerate(m for m in ORDER if m in set(series.method)):
+        d = series[series.method == method].set_index("setting")
+        ax.bar([i + k * width for i in range(len(settings))], [100 * d.value.get(s, float("nan")) for s in settings],
+               width, label=METHOD_NAMES[method])
+    dense = series[series.method == "dense"]
+    if not dense.empty:
+        ax.axhline(100 * float(dense.value.iloc[0]), color="gray", linestyle="--", label="Dense")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings)
+    ax.set_ylabel("mean zero-shot accuracy (%)")
+    ax.legend()
+    return _save(fig, series, out_dir, "zeroshot_mean")
+
+
+def block_error_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The "error snowball": relative MSE of each block's output against the dense model's."""
+    rows = []
+    for rec in records:
+        spec = rec["spec"]
+        label = f"{round(100 * spec['sparsity'])}%" if spec["pattern"] == "unstructured" else spec["pattern"]
+        for block in rec["blocks"]:
+            if "output_rel_mse" in block:
+                rows.append({"model": rec["model"], "setting": label, "method": spec["method"],
+                             "block": block["block"], "rel_mse": block["output_rel_mse"]})
+    series = pd.DataFrame(rows, columns=["model", "setting", "method", "block", "rel_mse"])
+    panels = list(series.groupby(["model", "setting"]))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
+    for ax, ((model, setting), data) in zip(axes[0], panels):
+        for method in [m for m in ORDER if m in set(data.method)]:
+            d = data[data.method == method].sort_values("block")
+            ax.plot(d.block, d.rel_mse, marker=".", label=METHOD_NAMES[method])
+        ax.set_yscale("log")
+        ax.set_xlabel("block")
+        ax.set_ylabel("relative output MSE vs dense")
+        ax.set_title(f"{model} — {setting}")
+        ax.legend()
+    return _save(fig, series, out_dir, "block_error")
+
+
+def cost_bars(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Pruning wall time (and peak accelerator memory, when on a GPU) per method."""
+    series = pd.DataFrame([
+        {"model": r["model"], "method": r["spec"]["method"], "run": r["run"], "seconds": r["prune_seconds"],
+         "peak_gpu_gib": r.get("peak_gpu_gib", 0.0)} for r in records
+    ], columns=["model", "method", "run", "seconds", "peak_gpu_gib"])
+    mean = series.groupby("method", as_index=False)[["seconds", "peak_gpu_gib"]].mean()
+    mean = mean.set_index("method").reindex([m for m in ORDER if m in set(mean.method)]).reset_index()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    labels = [METHOD_NAMES[m] for m in mean.method]
+    axes[0].bar(labels, mean.seconds)
+    axes[0].set_ylabel("pruning time per run (s)")
+    axes[1].bar(labels, mean.peak_gpu_gib)
+    axes[1].set_ylabel("peak accelerator memory (GiB)")
+    return _save(fig, series, out_dir, "cost")
+
+
+def load_records(paths: list[str]) -> list[dict[str, Any]]:
+    records = []
+    for path in paths:
+        rec = json.loads(Path(path).read_text())
+        parts = Path(path).parts  # results/<model>/runs/<run>/model/pruning.json
+        rec["model"], rec["run"] = parts[-5], parts[-3]
+        records.append(rec)
+    return records
+
+
+def draw_all(frame: pd.DataFrame, record_paths: list[str], out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    records = load_records(record_paths)
+    return (perplexity_curves(frame, out) + zeroshot_bars(frame, out)
+            + block_error_curves(records, out) + cost_bars(records, out))

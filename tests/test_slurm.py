@@ -1,0 +1,99 @@
+"""The tiny workflow through a real one-node SLURM and the official executor plugin (opt-in).
+
+Runs when SLURM can be started here (root, Debian's registry): `pytest -m slurm`. `.ci/run` runs it.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import REPO, tiny_workflow, write_config
+
+pytestmark = pytest.mark.slurm
+
+SLURM_FLAGS = [
+    "--profile", str(REPO / "profiles" / "slurm"),
+    # the local test cluster: one partition "main", no accounting, no GPUs
+    "--default-resources", "slurm_partition=main", "mem_mb=1500", "runtime=20", "cpus_per_task=1",
+    "--slurm-no-account", "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "5", "--jobs", "4",
+]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.geteuid() != 0:
+        pytest.skip("starting SLURM needs root")
+    started = subprocess.run(["bash", str(REPO / "tests" / "slurm" / "start.sh")], capture_output=True, text=True)
+    if started.returncode != 0:
+        pytest.skip(f"no SLURM here: {started.stderr[-500:]}")
+    yield
+    subprocess.run(["bash", str(REPO / "tests" / "slurm" / "stop.sh")])
+
+
+def run_snakemake(root, *extra, **kwargs):
+    cmd = [sys.executable, "-m", "snakemake", "results/tables.md", "-s", str(REPO / "Snakefile"), "-d", str(root),
+           "--configfile", str(root / "config.yaml"), *SLURM_FLAGS, *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, **kwargs)
+
+
+def small_config(root):
+    config = tiny_workflow(root)
+    config["tables"] = {
+        "table1": {"models": ["tiny-llama"], "methods": ["sparsegpt", "icp"], "sparsities": [0.5], "corpora": ["heldout"]},
+    }
+    config["engine"]["blocks_per_step"] = 1
+    write_config(root, config)
+    return config
+
+
+def test_workflow_runs_through_slurm(slurm, tmp_path):
+    small_config(tmp_path)
+    result = run_snakemake(tmp_path)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "SLURM" in log or "slurm" in log
+    job_ids = {line.split("SLURM jobid")[1].split()[0] for line in log.splitlines() if "SLURM jobid" in line}
+    assert job_ids, "no sbatch job ids in the Snakemake log"
+    frame = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert set(frame.method) == {"dense", "sparsegpt", "icp"}
+    assert "Table 1." in (tmp_path / "results" / "tables.md").read_text()
+
+
+def test_scancel_mid_run_then_rerun_gives_identical_results(slurm, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    clean.mkdir()
+    killed.mkdir()
+    small_config(clean)
+    for item in ("models", "text"):
+        shutil.copytree(clean / item, killed / item)
+    config_text = (clean / "config.yaml").read_text().replace(str(clean), str(killed))
+    (killed / "config.yaml").write_text(config_text)
+    assert run_snakemake(clean).returncode == 0
+
+    cmd = [sys.executable, "-m", "snakemake", "results/tables.md", "-s", str(REPO / "Snakefile"), "-d", str(killed),
+           "--configfile", str(killed / "config.yaml"), *SLURM_FLAGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    cancelled = None
+    deadline = time.time() + 600
+    while time.time() < deadline and cancelled is None:
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout.split()
+        steps = list(killed.glob("results/tiny-llama/runs/icp-*/steps/000.json"))
+        if steps and queue:
+            cancelled = queue[0]
+            subprocess.run(["scancel", cancelled])
+        time.sleep(0.5)
+    out, _ = proc.communicate(timeout=900)
+    assert cancelled, "no SLURM job to cancel"
+    rerun = run_snakemake(killed)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    a = pd.read_csv(clean / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
+    b = pd.read_csv(killed / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
+    assert a == b
