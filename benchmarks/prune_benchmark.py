@@ -62,7 +62,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
     torch.manual_seed(0)
     x0 = torch.randn(nsamples, seqlen, config.hidden_size, dtype=dtype, device="cuda")
     if offload:  # streams in host memory, one batch at a time on the GPU
-        x0 = x0.cpu()
+        x0 = x0.cpu().pin_memory()
     streams = Streams(x0, x0 if plan.compensation else None)
     pending = None
     torch.cuda.synchronize()

@@ -42,6 +42,9 @@ class Streams:
     dense: torch.Tensor | None = None
     dense_ahead: bool = False
 
+    def pinned(self) -> "Streams":
+        return Streams(self.error.pin_memory(), None if self.dense is None else self.dense.pin_memory(), self.dense_ahead)
+
     def to(self, device: torch.device | str) -> "Streams":
         return Streams(
             self.error.to(device), None if self.dense is None else self.dense.to(device), self.dense_ahead
@@ -105,10 +108,14 @@ class BlockRunner:
     def forward(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Block output for every sample, in batches; the result stays where `hidden` is
         (streams may live in host memory while the block runs on the accelerator)."""
-        out = torch.empty_like(hidden)
+        offloaded = hidden.device.type == "cpu" and self.device.type == "cuda"
+        out = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True) if offloaded else torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], self.batch_size):
             batch = hidden[start : start + self.batch_size].to(self.device, non_blocking=True)
-            out[start : start + self.batch_size] = self.adapter.run_block(block, batch, self.kwargs).to(out.device)
+            result = self.adapter.run_block(block, batch, self.kwargs)
+            out[start : start + self.batch_size].copy_(result, non_blocking=True)
+        if offloaded:
+            torch.cuda.synchronize(self.device)  # the host copies must land before anyone reads `out`
         return out
 
     @torch.no_grad()

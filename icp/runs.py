@@ -131,6 +131,8 @@ def prune_group(
         finished, records, start = {}, [], blocks.start
 
     streams = Streams(carry["error"], carry["dense"], carry["dense_ahead"]).to("cpu" if offload_streams else device)
+    if offload_streams and torch.device(device).type == "cuda":
+        streams = streams.pinned()  # page-locked host memory: faster, asynchronous copies
     pending = carry["pending"]
     for index in range(start, blocks.stop):
         result = run_step(runner, index, streams, pending, plan)
