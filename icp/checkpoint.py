@@ -12,7 +12,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .engine import GRID_PREFIX
 from .models.loading import CheckpointReader
+
+GRIDS_FILE = "quant_grids.safetensors"
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
@@ -54,10 +57,13 @@ class GroupProgress:
             return None
         return {"next_block": state["next_block"], "carry": state["carry"], "finished": finished, "records": records}
 
-    def save(self, index: int, weights: dict[str, torch.Tensor], record: dict[str, Any], carry: dict[str, Any]) -> None:
-        """Record block `index` as finished, with the window state after it."""
+    def keep_block(self, index: int, weights: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Store finished block `index` (written once; valid once a later window state points past it)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"weights": weights, "record": json.dumps(record)}, self.dir / f"block_{index:04d}.pt")
+
+    def save_window(self, index: int, carry: dict[str, Any]) -> None:
+        """The window state after block `index`: a resumed job starts at block `index + 1`."""
         atomic_torch_save({"key": self.key, "next_block": index + 1, "carry": carry}, self.dir / "window.pt")
 
     def clear(self) -> None:
@@ -67,11 +73,14 @@ class GroupProgress:
 def save_group_outputs(adapter, finished: dict[int, dict[str, torch.Tensor]], records: list[dict[str, Any]],
                        carry: dict[str, Any], out_weights, out_record, carry_out) -> None:
     """Finished blocks (full checkpoint names), their records, and the window state for the next group."""
-    tensors = {
-        adapter.block_prefix(index) + name: t.contiguous()
-        for index, state in finished.items()
-        for name, t in state.items()
-    }
+    tensors = {}
+    for index, state in finished.items():
+        prefix = adapter.block_prefix(index)
+        for name, t in state.items():
+            if name.startswith(GRID_PREFIX):  # a quantized layer's grid: __grid__.<block prefix><layer>.<scale|zero>
+                tensors[GRID_PREFIX + prefix + name[len(GRID_PREFIX):]] = t.contiguous()
+            else:
+                tensors[prefix + name] = t.contiguous()
     for path in (out_weights, out_record, carry_out):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_weights))
@@ -86,8 +95,12 @@ def assemble(dense_dir: str | Path, group_weights: list[str | Path], out_dir: st
     reader = CheckpointReader(dense_dir)
     tensors = reader.read(reader.names())
     replaced = 0
+    grids: dict[str, torch.Tensor] = {}
     for file in group_weights:
         for name, t in load_file(str(file)).items():
+            if name.startswith(GRID_PREFIX):
+                grids[name[len(GRID_PREFIX):]] = t
+                continue
             if name not in tensors:
                 raise KeyError(f"{file} holds {name!r}, which the dense checkpoint does not have")
             tensors[name] = t
@@ -97,4 +110,7 @@ def assemble(dense_dir: str | Path, group_weights: list[str | Path], out_dir: st
         if (dense_dir / name).exists():
             shutil.copy2(dense_dir / name, out_dir / name)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "pruning.json").write_text(json.dumps({**record, "replaced_tensors": replaced}, indent=1))
+    if grids:  # per-channel quantization grids: <layer>.scale / <layer>.zero, value = scale * (q - zero)
+        save_file({k: v.contiguous() for k, v in grids.items()}, str(out_dir / GRIDS_FILE))
+    (out_dir / "pruning.json").write_text(json.dumps({**record, "replaced_tensors": replaced,
+                                                      "quant_grids": GRIDS_FILE if grids else None}, indent=1))

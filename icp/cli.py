@@ -88,7 +88,7 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.weights, a.record, a.carry_out,
-                device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
+                device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, progress_seconds=a.progress_seconds, log=_log)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
         _log(f"peak accelerator memory {peak:.2f} GiB")
@@ -100,6 +100,7 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
 
 def cmd_assemble(a: argparse.Namespace) -> None:
     from .checkpoint import assemble
+    from .checks import verify_and_record
 
     records = [r for path in a.records for r in json.loads(Path(path).read_text())]
     pruned = sum(l["sparsity"] * l["numel"] for r in records for l in r["layers"].values())
@@ -113,7 +114,8 @@ def cmd_assemble(a: argparse.Namespace) -> None:
         "versions": provenance.versions(),
     }
     assemble(a.model_dir, a.weights, a.out_dir, record)
-    _log(f"assembled {a.out_dir}: measured sparsity {record['measured_sparsity']:.4f}")
+    checks = verify_and_record(a.out_dir)
+    _log(f"assembled {a.out_dir}: measured sparsity {record['measured_sparsity']:.4f}; checks {checks}")
 
 
 def cmd_perplexity(a: argparse.Namespace) -> None:
@@ -235,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--offload-streams", action="store_true", help="keep hidden-state streams in host memory")
+    p.add_argument("--progress-seconds", type=float, default=0.0, help="least time between progress saves")
     p.set_defaults(func=cmd_prune_step)
 
     p = sub.add_parser("assemble", help="dense checkpoint + pruned blocks -> pruned checkpoint")

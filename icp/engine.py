@@ -167,7 +167,23 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
         pattern = plan.sparsity[index][name]
         result = pruner.prune(pattern)
         layers[name] = {"target": pattern.target_sparsity, "sparsity": result.sparsity, "numel": result.mask.numel()}
+        if result.grid is not None:
+            layers[name]["grid"] = {k: v for k, v in result.grid.to_dict().items()}
     return layers
+
+
+GRID_PREFIX = "__grid__."
+
+
+def _finished_state(block: nn.Module, layers: dict[str, Any]) -> StateDict:
+    """The block's weights plus, for quantized layers, their grids (kept out of the JSON record)."""
+    state = cpu_state(block)
+    for name, info in layers.items():
+        grid = info.pop("grid", None)
+        if grid is not None:
+            for key, value in grid.items():
+                state[f"{GRID_PREFIX}{name}.{key}"] = value.contiguous()
+    return state
 
 
 def run_step(runner: BlockRunner, index: int, streams: Streams, pending: StateDict | None, plan: PrunePlan) -> StepResult:
@@ -205,4 +221,4 @@ def run_step(runner: BlockRunner, index: int, streams: Streams, pending: StateDi
         del next_dense, trained
 
     record["seconds"] = time.perf_counter() - started
-    return StepResult(block=cpu_state(block), streams=next_streams, pending=new_pending, record=record)
+    return StepResult(block=_finished_state(block, layers), streams=next_streams, pending=new_pending, record=record)

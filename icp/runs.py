@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,15 @@ def prune_group(
     device: str = "cpu",
     batch_size: int = 8,
     offload_streams: bool = False,
+    progress_seconds: float = 0.0,
     log=print,
 ) -> None:
     """Prune blocks `blocks` of a run, starting from the window state in `carry_in`.
 
     `carry_in` is the dense block-0 input cache (first group) or the previous group's carry.
-    Progress is saved after every block beside `carry_out`, so a killed job resumes at the
-    last finished block with bit-identical results. With `offload_streams` the hidden-state
+    Progress is saved beside `carry_out` after a block once `progress_seconds` have passed since
+    the last save (0: after every block), so a killed job resumes at its last saved block with
+    bit-identical results, losing at most that much work. With `offload_streams` the hidden-state
     streams stay in host memory and only one batch at a time visits the accelerator.
     """
     config = load_config(dense_dir)
@@ -134,6 +137,7 @@ def prune_group(
     if offload_streams and torch.device(device).type == "cuda":
         streams = streams.pinned()  # page-locked host memory: faster, asynchronous copies
     pending = carry["pending"]
+    last_save = time.perf_counter()
     for index in range(start, blocks.stop):
         result = run_step(runner, index, streams, pending, plan)
         streams, pending = result.streams, result.pending
@@ -145,7 +149,10 @@ def prune_group(
         log(msg)
         carry = _carry_dict(streams, pending)
         if index + 1 < blocks.stop:
-            progress.save(index, result.block, result.record, carry)
+            progress.keep_block(index, result.block, result.record)
+            if time.perf_counter() - last_save >= progress_seconds:
+                progress.save_window(index, carry)
+                last_save = time.perf_counter()
 
     save_group_outputs(adapter, finished, records, carry, out_weights, out_record, carry_out)
     progress.clear()

@@ -140,3 +140,22 @@ def test_resume_after_kill_is_bit_identical(setup, monkeypatch):
 def test_unknown_family_is_named():
     with pytest.raises(ValueError, match="unsupported model family 'gpt2'"):
         adapter_for("gpt2")
+
+
+def test_quantized_nm_checkpoint_passes_checks_and_tampering_fails(setup):
+    from safetensors.torch import save_file
+
+    from icp.checks import verify_pruned
+
+    model_dir, model, tmp, evals = setup
+    spec = RunSpec("icp", pattern="2:4", wbits=4, compensation={"lr": 1e-3})
+    out = run_all(model_dir, spec, tmp, name="q")
+    checked = verify_pruned(out, spec.to_dict())
+    assert checked["layers"] > 0 and checked["on_grid"] > 0 and checked["nm_groups"] > 0
+    tensors = load_file(str(out / "model.safetensors"))
+    adapter = adapter_for(load_config(out).model_type)
+    key = adapter.block_prefix(1) + next(iter(adapter.linear_roles)) + ".weight"
+    tensors[key] = tensors[key] + 1e-3 * torch.rand_like(tensors[key])
+    save_file(tensors, str(out / "model.safetensors"))
+    with pytest.raises(ValueError, match="grid|non-zeros"):
+        verify_pruned(out, spec.to_dict())

@@ -45,6 +45,22 @@ def test_tables_and_csv_agree(finished):
     assert "2:4+int4" in md
 
 
+def test_plots_are_drawn_from_the_results(finished):
+    root, _ = finished
+    plots = root / "results" / "plots"
+    for name in ("perplexity_vs_sparsity", "zeroshot_mean", "block_error", "cost"):
+        for ext in ("png", "svg", "csv"):
+            assert (plots / f"{name}.{ext}").stat().st_size > 0, name
+    frame = pd.read_csv(root / "results" / "results.csv")
+    series = pd.read_csv(plots / "perplexity_vs_sparsity.csv")
+    ppl = frame[(frame.evaluation == "perplexity") & (frame.pattern == "unstructured")]
+    assert sorted(series.value) == sorted(ppl.value)
+    errors = pd.read_csv(plots / "block_error.csv")
+    assert set(errors.block) == {0, 1, 2} and (errors.rel_mse > 0).all()
+    md = (root / "results" / "tables.md").read_text()
+    assert "plots/perplexity_vs_sparsity.png" in md
+
+
 def test_pruned_checkpoints_are_complete(finished):
     import json
 

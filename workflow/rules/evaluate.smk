@@ -12,6 +12,7 @@ rule perplexity:
         meta=lambda wc: run_meta(wc, corpus=wc.corpus),
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
         device=DEVICE,
+        batch=config["perplexity"].get("batch_size", 4),
     log:
         "results/{model}/logs/evals/{run}/ppl-{corpus}-{key}.log",
     benchmark:
@@ -20,7 +21,8 @@ rule perplexity:
         gpu=1 if uses_gpu() else 0,
     shell:
         "{PYTHON} -m icp.cli perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
-        "--meta {params.meta:q} --dtype {params.dtype} --device {params.device} --out {output} > {log} 2>&1"
+        "--meta {params.meta:q} --dtype {params.dtype} --device {params.device} --batch-size {params.batch} "
+        "--out {output} > {log} 2>&1"
 
 
 def local_task_dir():

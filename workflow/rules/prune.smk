@@ -24,6 +24,7 @@ rule prune_step:
         batch=config["engine"].get("batch_size", 8),
         device=DEVICE,
         offload="--offload-streams" if config["engine"].get("offload_streams") else "",
+        progress=config["engine"].get("progress_seconds", 0),
     log:
         "results/{model}/logs/runs/{run}/step-{group}.log",
     benchmark:
@@ -36,7 +37,7 @@ rule prune_step:
         "{PYTHON} -m icp.cli prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--first {params.first} --last {params.last} --carry-in {input.carry} --weights {output.weights} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
-        "--batch-size {params.batch} {params.offload} > {log} 2>&1"
+        "--batch-size {params.batch} --progress-seconds {params.progress} {params.offload} > {log} 2>&1"
 
 
 def step_files(wc, kind):
