@@ -35,10 +35,13 @@ def main() -> None:
     parser.add_argument("--source", default=SOURCE)
     parser.add_argument("--nsamples", type=int, nargs="+", default=[8, 128])
     parser.add_argument("--seqlen", type=int, default=512)
-    parser.add_argument("--patterns", nargs="+", default=["0.5", "0.7", "2:4"])
+    parser.add_argument("--patterns", nargs="+", default=["0.5", "0.7", "2:4"], help='e.g. 0.7 2:4 4:8 2:4w4')
     parser.add_argument("--icp-lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4])
     parser.add_argument("--icp-epochs", type=int, nargs="+", default=[1])
     parser.add_argument("--eval-windows", type=int, default=0, help="0 = the whole held-out text")
+    parser.add_argument("--baselines", nargs="*", default=["magnitude", "wanda", "sparsegpt"])
+    parser.add_argument("--alpha-beta", type=lambda t: tuple(float(v) for v in t.split(",")), nargs="+",
+                        default=[(1.0, 1.0), (0.8, 0.9)], help="ICP (alpha,beta) pairs, e.g. 1,1 0.8,0.9")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -58,11 +61,13 @@ def main() -> None:
         x0 = block0_inputs(model, adapter, calibration_windows(tok, calib_docs, n, args.seqlen, 0))
         torch.save({"error": x0}, work / "x0.pt")
         for pattern_arg in args.patterns:
-            pattern, sparsity = ("unstructured", float(pattern_arg)) if ":" not in pattern_arg else (pattern_arg, 0.0)
-            specs = [RunSpec(m, pattern=pattern, sparsity=sparsity) for m in ("magnitude", "wanda", "sparsegpt")]
-            specs += [RunSpec("icp", pattern=pattern, sparsity=sparsity, alpha=a, beta=b,
+            base, _, bits = pattern_arg.partition("w")  # "0.7", "2:4", "2:4w4" (2:4 + int4)
+            wbits = int(bits) if bits else 16
+            pattern, sparsity = ("unstructured", float(base)) if ":" not in base else (base, 0.0)
+            specs = [RunSpec(m, pattern=pattern, sparsity=sparsity, wbits=wbits) for m in args.baselines]
+            specs += [RunSpec("icp", pattern=pattern, sparsity=sparsity, wbits=wbits, alpha=a, beta=b,
                               compensation={"epochs": e, "lr": lr, "batch_size": 1})
-                      for lr in args.icp_lrs for e in args.icp_epochs for a, b in ((1.0, 1.0), (0.8, 0.9))]
+                      for lr in args.icp_lrs for e in args.icp_epochs for a, b in args.alpha_beta]
             for spec in specs:
                 out = work / "run"
                 started = time.perf_counter()
@@ -73,7 +78,7 @@ def main() -> None:
                 assemble(dense_dir, [out / "w.safetensors"], out / "model", {})
                 pruned, _ = load_model(str(out / "model"))
                 ppl = perplexity(pruned.to(device), evals, batch_size=8)
-                row = {"nsamples": n, "pattern": pattern_arg, "method": spec.method, "alpha": spec.alpha,
+                row = {"nsamples": n, "pattern": pattern_arg, "wbits": wbits, "method": spec.method, "alpha": spec.alpha,
                        "beta": spec.beta, "lr": spec.compensation.get("lr"), "epochs": spec.compensation.get("epochs"),
                        "ppl": ppl, "prune_s": seconds,
                        "block_rel_mse": [r.get("output_rel_mse") for r in records]}
