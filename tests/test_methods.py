@@ -122,3 +122,13 @@ def test_bad_patterns_are_named():
         nm_mask(torch.randn(4, 6), 2, 4)
     with pytest.raises(ValueError, match="unknown pruning method"):
         make_pruner("random", nn.Linear(4, 4))
+
+
+def test_lowest_k_mask_is_exact_with_ties():
+    from icp.methods.masks import lowest_k_mask
+
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0], [0.5, 2.0, 3.0, 2.0]])
+    mask = lowest_k_mask(scores, 4)
+    assert int(mask.sum()) == 4
+    assert mask[0, 0] and mask[1, 0]
+    assert torch.equal(lowest_k_mask(scores, 0), torch.zeros_like(mask))

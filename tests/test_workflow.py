@@ -98,7 +98,7 @@ def test_eval_setting_reruns_only_evaluations(finished):
     changed["perplexity"]["max_windows"] = 3
     write_config(root, changed, "evals.yaml")
     jobs = planned_jobs(root, "evals.yaml")
-    assert set(jobs) == {"eval_tokens", "perplexity", "tables"}
+    assert set(jobs) == {"eval_tokens", "perplexity", "collect_results", "plots", "tables"}
     assert jobs["eval_tokens"] == 2
 
 
@@ -156,6 +156,8 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     proc.wait()
     assert list(root.glob("results/tiny-llama/runs/*/steps/000.json")), "the first block never finished"
     assert not (root / "results" / "tables.md").exists()
+    # a SIGKILL leaves Snakemake's lock behind: the user unlocks once, then runs the same command
+    snakemake(root, "--unlock")
     result = snakemake(root, "--cores", "1", "results/tables.md")
     assert "prune_step" in result.stdout + result.stderr
     a = pd.read_csv(clean / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()

@@ -68,8 +68,9 @@ def write_config(root: Path, config: dict, name: str = "config.yaml") -> Path:
 
 
 def snakemake(root: Path, *args: str, config: str = "config.yaml", check: bool = True, **popen) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(root),
-           "--configfile", str(root / config), *args]
+    # the config file goes last: Snakemake reads every word after --configfile as another config file
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(root), *args,
+           "--configfile", str(root / config)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, **popen)
     if check and result.returncode != 0:

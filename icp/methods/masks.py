@@ -12,9 +12,14 @@ def prune_count(numel: int, sparsity: float) -> int:
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of exactly the `k` lowest-scoring entries over the whole tensor."""
-    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        mask[torch.topk(scores.flatten(), k, largest=False).indices] = True
+    flat = scores.flatten()
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = flat.kthvalue(k).values  # faster than topk for large k
+    mask = flat < threshold
+    missing = k - int(mask.sum())
+    if missing > 0:  # ties at the threshold: take the first ones, so exactly k are removed
+        mask[(flat == threshold).nonzero().flatten()[:missing]] = True
     return mask.view_as(scores)
 
 
