@@ -9,11 +9,14 @@ rule block0_activations:
     output:
         "results/{model}/activations/calib-{key}.pt",
     params:
+        python=PYTHON,
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/activations-{key}.log",
     benchmark:
         "results/{model}/benchmarks/activations-{key}.tsv"
     shell:
-        "{PYTHON} -m icp.cli activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
+        "{params.python} -m icp.cli activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
         "--dtype {params.dtype} --out {output} > {log} 2>&1"

@@ -63,3 +63,18 @@ def run_meta(wc, **extra):
         "run_hash": wc.run.rsplit("-", 1)[-1] if exp else None,
         **extra,
     })
+
+
+def carry_in(wc):
+    group = int(wc.group)
+    if group == 0:
+        return f"results/{wc.model}/activations/calib-{X.calibration_key(config, wc.model)}.pt"
+    return f"results/{wc.model}/runs/{wc.run}/steps/{group - 1:03d}.carry.pt"
+
+
+def step_files(wc, kind):
+    return [f"results/{wc.model}/runs/{wc.run}/steps/{g:03d}.{kind}" for g in range(len(step_groups(wc.model)))]
+
+
+def local_task_dir():
+    return f"results/zeroshot_tasks/{X.zeroshot_key(config)}"

@@ -6,8 +6,11 @@ checkpoint export_dense:
         config="results/{model}/dense/config.json",
         weights="results/{model}/dense/model.safetensors",
     params:
+        python=PYTHON,
         source=lambda wc: config["models"][wc.model]["source"],
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/export_dense.log",
     benchmark:
@@ -15,7 +18,7 @@ checkpoint export_dense:
     resources:
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
     shell:
-        "{PYTHON} -m icp.cli export-dense --source {params.source:q} --dtype {params.dtype} "
+        "{params.python} -m icp.cli export-dense --source {params.source:q} --dtype {params.dtype} "
         "--out results/{wildcards.model}/dense > {log} 2>&1"
 
 
@@ -25,19 +28,17 @@ rule calibration_tokens:
     output:
         "results/{model}/data/calib-{key}.pt",
     params:
+        python=PYTHON,
         corpus=lambda wc: json.dumps(config["corpora"][config["calibration"]["corpus"]]),
         cal=config["calibration"],
-        expected=lambda wc: X.calibration_key(config, wc.model),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/calib-{key}.log",
-    run:
-        if wildcards.key != params.expected:
-            raise ValueError(f"calibration key {wildcards.key} does not match this config ({params.expected})")
-        shell(
-            "{PYTHON} -m icp.cli calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
-            "--nsamples {params.cal[nsamples]} --seqlen {params.cal[seqlen]} --seed {params.cal[seed]} "
-            "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
-        )
+    shell:
+        "{params.python} -m icp.cli calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+        "--nsamples {params.cal[nsamples]} --seqlen {params.cal[seqlen]} --seed {params.cal[seed]} "
+        "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
 
 
 rule eval_tokens:
@@ -46,11 +47,14 @@ rule eval_tokens:
     output:
         "results/{model}/data/eval-{corpus}-{key}.pt",
     params:
+        python=PYTHON,
         corpus=lambda wc: json.dumps(config["corpora"][wc.corpus]),
         seqlen=config["perplexity"]["seqlen"],
         max_windows=config["perplexity"].get("max_windows") or 0,
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/eval-{corpus}-{key}.log",
     shell:
-        "{PYTHON} -m icp.cli eval-tokens --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+        "{params.python} -m icp.cli eval-tokens --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
         "--seqlen {params.seqlen} --max-windows {params.max_windows} --out {output} > {log} 2>&1"

@@ -8,11 +8,14 @@ rule perplexity:
     output:
         "results/{model}/evals/{run}/ppl-{corpus}-{key}.json",
     params:
+        python=PYTHON,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc, corpus=wc.corpus),
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
         device=DEVICE,
         batch=config["perplexity"].get("batch_size", 4),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/evals/{run}/ppl-{corpus}-{key}.log",
     benchmark:
@@ -20,24 +23,23 @@ rule perplexity:
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
-        "{PYTHON} -m icp.cli perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
+        "{params.python} -m icp.cli perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
         "--meta {params.meta:q} --dtype {params.dtype} --device {params.device} --batch-size {params.batch} "
         "--out {output} > {log} 2>&1"
-
-
-def local_task_dir():
-    return f"results/zeroshot_tasks/{X.zeroshot_key(config)}"
 
 
 rule zeroshot_tasks:
     output:
         directory("results/zeroshot_tasks/{key}"),
     params:
+        python=PYTHON,
         settings=json.dumps(config["zeroshot"]),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/logs/zeroshot_tasks-{key}.log",
     shell:
-        "{PYTHON} -m icp.cli zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
+        "{params.python} -m icp.cli zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
 
 
 rule zeroshot:
@@ -47,12 +49,15 @@ rule zeroshot:
     output:
         "results/{model}/evals/{run}/zeroshot-{key}.json",
     params:
+        python=PYTHON,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc),
         settings=json.dumps(config["zeroshot"]),
         task_dir=f"--task-dir {local_task_dir()}" if config["zeroshot"].get("local_tasks") else "",
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
         device=DEVICE,
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/evals/{run}/zeroshot-{key}.log",
     benchmark:
@@ -60,6 +65,6 @@ rule zeroshot:
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
-        "{PYTHON} -m icp.cli zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
+        "{params.python} -m icp.cli zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
         "{params.task_dir} --meta {params.meta:q} --dtype {params.dtype} --device {params.device} "
         "--out {output} > {log} 2>&1"

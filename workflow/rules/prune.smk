@@ -2,13 +2,6 @@
 # step left (a temp file, so intermediate activations never pile up), then assembly.
 
 
-def carry_in(wc):
-    group = int(wc.group)
-    if group == 0:
-        return f"results/{wc.model}/activations/calib-{X.calibration_key(config, wc.model)}.pt"
-    return f"results/{wc.model}/runs/{wc.run}/steps/{group - 1:03d}.carry.pt"
-
-
 rule prune_step:
     input:
         dense=rules.export_dense.output.weights,
@@ -18,6 +11,7 @@ rule prune_step:
         record="results/{model}/runs/{run}/steps/{group}.json",
         carry=temp("results/{model}/runs/{run}/steps/{group}.carry.pt"),
     params:
+        python=PYTHON,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
         first=lambda wc: int(wc.group) * config["engine"]["blocks_per_step"],
         last=lambda wc: (int(wc.group) + 1) * config["engine"]["blocks_per_step"],
@@ -25,6 +19,8 @@ rule prune_step:
         device=DEVICE,
         offload="--offload-streams" if config["engine"].get("offload_streams") else "",
         progress=config["engine"].get("progress_seconds", 0),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/runs/{run}/step-{group}.log",
     benchmark:
@@ -34,14 +30,10 @@ rule prune_step:
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
         runtime=lambda wc: config["models"][wc.model].get("step_minutes", 60),
     shell:
-        "{PYTHON} -m icp.cli prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
+        "{params.python} -m icp.cli prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--first {params.first} --last {params.last} --carry-in {input.carry} --weights {output.weights} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
         "--batch-size {params.batch} --progress-seconds {params.progress} {params.offload} > {log} 2>&1"
-
-
-def step_files(wc, kind):
-    return [f"results/{wc.model}/runs/{wc.run}/steps/{g:03d}.{kind}" for g in range(len(step_groups(wc.model)))]
 
 
 rule assemble_model:
@@ -53,10 +45,13 @@ rule assemble_model:
         weights="results/{model}/runs/{run}/model/model.safetensors",
         record="results/{model}/runs/{run}/model/pruning.json",
     params:
+        python=PYTHON,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/{model}/logs/runs/{run}/assemble.log",
     shell:
-        "{PYTHON} -m icp.cli assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
+        "{params.python} -m icp.cli assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--weights {input.weights} --records {input.records} "
         "--out-dir results/{wildcards.model}/runs/{wildcards.run}/model > {log} 2>&1"

@@ -9,10 +9,14 @@ rule collect_results:
         X.evaluation_targets(config),
     output:
         "results/results.csv",
+    params:
+        python=PYTHON,
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/logs/collect.log",
     shell:
-        "{PYTHON} -m icp.cli collect --evals {input} --csv {output} > {log} 2>&1"
+        "{params.python} -m icp.cli collect --evals {input} --csv {output} > {log} 2>&1"
 
 
 rule plots:
@@ -30,10 +34,14 @@ rule plots:
         },
         **{f"{name}_svg": f"results/plots/{name}.svg" for name in PLOTS},
         **{f"{name}_csv": f"results/plots/{name}.csv" for name in PLOTS},
+    params:
+        python=PYTHON,
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/logs/plots.log",
     shell:
-        "{PYTHON} -m icp.cli plots --csv {input.csv} --records {input.records} --out-dir results/plots > {log} 2>&1"
+        "{params.python} -m icp.cli plots --csv {input.csv} --records {input.records} --out-dir results/plots > {log} 2>&1"
 
 
 rule tables:
@@ -43,9 +51,12 @@ rule tables:
     output:
         report("results/tables.md", caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
+        python=PYTHON,
         config=json.dumps(config),
+    conda:
+        "../envs/icp.yaml"
     log:
         "results/logs/tables.log",
     shell:
-        "{PYTHON} -m icp.cli tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
+        "{params.python} -m icp.cli tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
         "--md {output} > {log} 2>&1"
