@@ -61,6 +61,13 @@ def test_plots_are_drawn_from_the_results(finished):
     assert "plots/perplexity_vs_sparsity.png" in md
 
 
+def test_report_bundles_tables_and_plots(finished):
+    root, _ = finished
+    snakemake(root, "--report", str(root / "results" / "report.html"))
+    html = (root / "results" / "report.html").read_text(errors="ignore")
+    assert "block_error.png" in html and "tables.md" in html
+
+
 def test_pruned_checkpoints_are_complete(finished):
     import json
 

@@ -114,12 +114,12 @@ def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
             blocks.append(f"{title} — perplexity on {_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
         else:
             columns = [(_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
-            groups = [("Dense", [("Dense", {"method": "dense"})])]
+            groups = [("", [("Dense", {"method": "dense"})])]
             for pattern in t["patterns"]:
                 for bits in t.get("wbits", [16]):
                     members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
                     groups.append((_setting(pattern, None, int(bits)), members))
-            blocks.append(f"{title}\n\n" + _grid(mf, groups, columns, False, False, ["Setting"]))
+            blocks.append(f"{title}\n\n" + _grid(mf, groups, columns, False, False, ["Setting", "Method"]))
     return blocks
 
 
@@ -130,8 +130,9 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     for model in t["models"]:
         mf = zs[zs["model"] == model]
         tasks = [d for d in dict.fromkeys(mf["dataset"]) if d != "mean"]
-        columns = [(_label(config, "tasks", d), {"dataset": d}) for d in tasks] + [("Mean", {"dataset": "mean"})]
-        groups = [("Dense", [("Dense", {"method": "dense"})])]
+        task_labels = config.get("zeroshot", {}).get("tasks", {})
+        columns = [((task_labels.get(d) or {}).get("label", d), {"dataset": d}) for d in tasks] + [("Mean", {"dataset": "mean"})]
+        groups = [("", [("Dense", {"method": "dense"})])]
         if key == "table2":
             for s in t["sparsities"]:
                 members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
@@ -141,7 +142,8 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
                 for bits in t.get("wbits", [16]):
                     members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
                     groups.append((_setting(pattern, None, int(bits)), members))
-        blocks.append(f"**{_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, ["Sparsity" if key == "table2" else "Setting"]))
+        header = ["Sparsity" if key == "table2" else "Setting", "Method"]
+        blocks.append(f"**{_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, header))
     return blocks
 
 
