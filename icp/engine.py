@@ -168,7 +168,7 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
         result = pruner.prune(pattern)
         layers[name] = {"target": pattern.target_sparsity, "sparsity": result.sparsity, "numel": result.mask.numel()}
         if result.grid is not None:
-            layers[name]["grid"] = {k: v for k, v in result.grid.to_dict().items()}
+            layers[name]["grid"] = result.grid.to_dict()
     return layers
 
 

@@ -7,7 +7,7 @@ re-runs only what depends on it and results of different settings never overwrit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .runs import RunSpec, short_hash
@@ -25,11 +25,14 @@ class Experiment:
     model: str
     run: str  # path component: 'dense' or '<method>-<pattern>[-s<pct>][-w<bits>]-<hash>'
     spec: RunSpec | None
-    spec_data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def is_dense(self) -> bool:
         return self.spec is None
+
+    @property
+    def spec_data(self) -> dict[str, Any]:
+        return {} if self.spec is None else self.spec.to_dict()
 
 
 def run_label(method: str, pattern: str, sparsity: float | None, wbits: int) -> str:
@@ -83,7 +86,7 @@ def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sp
         "calibration": calibration_key(config, model),
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })
-    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, spec.to_dict())
+    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec)
 
 
 def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, float | None, int]]:

@@ -29,7 +29,7 @@ class ChannelGrid:
         zero = torch.round(-wmin / scale)
         return cls(scale=scale, zero=zero, maxq=maxq)
 
-    def quantize(self, values: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+    def quantize(self, values: torch.Tensor) -> torch.Tensor:
         """Round `values` ([rows, k], or one column [rows]) to the grid; returns dequantized values."""
         scale, zero = self.scale, self.zero
         column = values.dim() == 1
