@@ -82,8 +82,6 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
 
     spec = RunSpec.from_dict(json.loads(a.spec))
     device = provenance.resolve_device(a.device)
-    if a.threads:
-        torch.set_num_threads(a.threads)
     _log(f"{spec.method} {spec.pattern} s={spec.sparsity} w{spec.wbits}: blocks {a.first}..{a.last - 1} on {device}")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -191,6 +189,7 @@ def cmd_tables(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icp", description=__doc__)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("export-dense", help="save a model source as a plain safetensors checkpoint")
@@ -235,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carry-out", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--offload-streams", action="store_true", help="keep hidden-state streams in host memory")
     p.add_argument("--progress-seconds", type=float, default=0.0, help="least time between progress saves")
     p.set_defaults(func=cmd_prune_step)
@@ -296,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        # Snakemake sets OMP_NUM_THREADS to the job's thread count; the workflow passes its own choice
+        torch.set_num_threads(args.threads)
     args.func(args)
     return 0
 

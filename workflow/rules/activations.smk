@@ -9,7 +9,7 @@ rule block0_activations:
     output:
         "results/{model}/activations/calib-{key}.pt",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
     conda:
         "../envs/icp.yaml"
@@ -18,5 +18,5 @@ rule block0_activations:
     benchmark:
         "results/{model}/benchmarks/activations-{key}.tsv"
     shell:
-        "{params.python} -m icp.cli activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
+        "{params.icp} activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
         "--dtype {params.dtype} --out {output} > {log} 2>&1"

@@ -1,13 +1,26 @@
 # Config -> experiments, output paths and parameter hashes (the logic lives in icp.experiments).
 import json
+import os
 
 from icp import experiments as X
 from icp.runs import block_groups
 
 X.check_config(config)
 EXPERIMENTS = X.all_experiments(config)
-PYTHON = sys.executable
 DEVICE = config.get("device", "auto")
+
+
+def torch_threads():
+    """CPU threads for each job's torch: `cpu_threads` from the config or, with `auto`, the
+    machine's cores shared among the --cores job slots (so the main command's --cores 1 runs one
+    job at a time on the whole machine, not on the single thread Snakemake would otherwise give it)."""
+    wanted = config.get("cpu_threads", "auto")
+    if wanted != "auto":
+        return int(wanted)
+    return max(1, (os.cpu_count() or 1) // max(1, int(workflow.cores or 1)))
+
+
+ICP_CLI = f"{sys.executable} -m icp.cli --threads {torch_threads()}"
 
 
 wildcard_constraints:

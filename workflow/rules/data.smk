@@ -6,7 +6,7 @@ checkpoint export_dense:
         config="results/{model}/dense/config.json",
         weights="results/{model}/dense/model.safetensors",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         source=lambda wc: config["models"][wc.model]["source"],
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
     conda:
@@ -18,7 +18,7 @@ checkpoint export_dense:
     resources:
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
     shell:
-        "{params.python} -m icp.cli export-dense --source {params.source:q} --dtype {params.dtype} "
+        "{params.icp} export-dense --source {params.source:q} --dtype {params.dtype} "
         "--out results/{wildcards.model}/dense > {log} 2>&1"
 
 
@@ -28,7 +28,7 @@ rule calibration_tokens:
     output:
         "results/{model}/data/calib-{key}.pt",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         corpus=lambda wc: json.dumps(config["corpora"][config["calibration"]["corpus"]]),
         cal=config["calibration"],
     conda:
@@ -36,7 +36,7 @@ rule calibration_tokens:
     log:
         "results/{model}/logs/calib-{key}.log",
     shell:
-        "{params.python} -m icp.cli calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+        "{params.icp} calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
         "--nsamples {params.cal[nsamples]} --seqlen {params.cal[seqlen]} --seed {params.cal[seed]} "
         "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
 
@@ -47,7 +47,7 @@ rule eval_tokens:
     output:
         "results/{model}/data/eval-{corpus}-{key}.pt",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         corpus=lambda wc: json.dumps(config["corpora"][wc.corpus]),
         seqlen=config["perplexity"]["seqlen"],
         max_windows=config["perplexity"].get("max_windows") or 0,
@@ -56,5 +56,5 @@ rule eval_tokens:
     log:
         "results/{model}/logs/eval-{corpus}-{key}.log",
     shell:
-        "{params.python} -m icp.cli eval-tokens --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
+        "{params.icp} eval-tokens --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
         "--seqlen {params.seqlen} --max-windows {params.max_windows} --out {output} > {log} 2>&1"

@@ -8,7 +8,7 @@ rule perplexity:
     output:
         "results/{model}/evals/{run}/ppl-{corpus}-{key}.json",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc, corpus=wc.corpus),
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
@@ -23,7 +23,7 @@ rule perplexity:
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
-        "{params.python} -m icp.cli perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
+        "{params.icp} perplexity --model-dir {params.model_dir} --tokens {input.tokens} "
         "--meta {params.meta:q} --dtype {params.dtype} --device {params.device} --batch-size {params.batch} "
         "--out {output} > {log} 2>&1"
 
@@ -32,14 +32,14 @@ rule zeroshot_tasks:
     output:
         directory("results/zeroshot_tasks/{key}"),
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         settings=json.dumps(config["zeroshot"]),
     conda:
         "../envs/icp.yaml"
     log:
         "results/logs/zeroshot_tasks-{key}.log",
     shell:
-        "{params.python} -m icp.cli zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
+        "{params.icp} zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
 
 
 rule zeroshot:
@@ -49,7 +49,7 @@ rule zeroshot:
     output:
         "results/{model}/evals/{run}/zeroshot-{key}.json",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc),
         settings=json.dumps(config["zeroshot"]),
@@ -65,6 +65,6 @@ rule zeroshot:
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
-        "{params.python} -m icp.cli zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
+        "{params.icp} zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
         "{params.task_dir} --meta {params.meta:q} --dtype {params.dtype} --device {params.device} "
         "--out {output} > {log} 2>&1"

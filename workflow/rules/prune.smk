@@ -11,7 +11,7 @@ rule prune_step:
         record="results/{model}/runs/{run}/steps/{group}.json",
         carry=temp("results/{model}/runs/{run}/steps/{group}.carry.pt"),
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
         first=lambda wc: int(wc.group) * config["engine"]["blocks_per_step"],
         last=lambda wc: (int(wc.group) + 1) * config["engine"]["blocks_per_step"],
@@ -30,7 +30,7 @@ rule prune_step:
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
         runtime=lambda wc: config["models"][wc.model].get("step_minutes", 60),
     shell:
-        "{params.python} -m icp.cli prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
+        "{params.icp} prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--first {params.first} --last {params.last} --carry-in {input.carry} --weights {output.weights} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
         "--batch-size {params.batch} --progress-seconds {params.progress} {params.offload} > {log} 2>&1"
@@ -45,13 +45,13 @@ rule assemble_model:
         weights="results/{model}/runs/{run}/model/model.safetensors",
         record="results/{model}/runs/{run}/model/pruning.json",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
     conda:
         "../envs/icp.yaml"
     log:
         "results/{model}/logs/runs/{run}/assemble.log",
     shell:
-        "{params.python} -m icp.cli assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
+        "{params.icp} assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
         "--weights {input.weights} --records {input.records} "
         "--out-dir results/{wildcards.model}/runs/{wildcards.run}/model > {log} 2>&1"

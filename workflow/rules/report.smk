@@ -10,13 +10,13 @@ rule collect_results:
     output:
         "results/results.csv",
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
     conda:
         "../envs/icp.yaml"
     log:
         "results/logs/collect.log",
     shell:
-        "{params.python} -m icp.cli collect --evals {input} --csv {output} > {log} 2>&1"
+        "{params.icp} collect --evals {input} --csv {output} > {log} 2>&1"
 
 
 rule plots:
@@ -35,13 +35,13 @@ rule plots:
         **{f"{name}_svg": f"results/plots/{name}.svg" for name in PLOTS},
         **{f"{name}_csv": f"results/plots/{name}.csv" for name in PLOTS},
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
     conda:
         "../envs/icp.yaml"
     log:
         "results/logs/plots.log",
     shell:
-        "{params.python} -m icp.cli plots --csv {input.csv} --records {input.records} --out-dir results/plots > {log} 2>&1"
+        "{params.icp} plots --csv {input.csv} --records {input.records} --out-dir results/plots > {log} 2>&1"
 
 
 rule tables:
@@ -51,12 +51,12 @@ rule tables:
     output:
         report("results/tables.md", caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
-        python=PYTHON,
+        icp=ICP_CLI,
         config=json.dumps(config),
     conda:
         "../envs/icp.yaml"
     log:
         "results/logs/tables.log",
     shell:
-        "{params.python} -m icp.cli tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
+        "{params.icp} tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
         "--md {output} > {log} 2>&1"
