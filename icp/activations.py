@@ -25,17 +25,19 @@ class _InputCatcher(nn.Module):
 
 
 @torch.no_grad()
-def block0_inputs(model: nn.Module, adapter: FamilyAdapter, tokens: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """[samples, seqlen, hidden] inputs of the first block for `tokens` [samples, seqlen]."""
+def block0_inputs(model: nn.Module, adapter: FamilyAdapter, inputs: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """Inputs of the first block for every calibration sample: [samples, seqlen, hidden] for
+    token windows [samples, seqlen], [samples, H, W, C] for SAM's preprocessed images."""
     blocks = adapter.blocks(model)
     first = blocks[0]
     catcher = _InputCatcher()
     blocks[0] = catcher
     outputs = []
     try:
-        for start in range(0, tokens.shape[0], batch_size):
+        device = next(model.parameters()).device
+        for start in range(0, inputs.shape[0], batch_size):
             try:
-                model(tokens[start : start + batch_size].to(model.device), use_cache=False)
+                adapter.call_model(model, inputs[start : start + batch_size].to(device))
             except _StopForward:
                 pass
             if catcher.captured is None:

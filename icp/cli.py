@@ -30,7 +30,7 @@ def _write_json(path: str, data) -> None:
 def cmd_export_dense(a: argparse.Namespace) -> None:
     from .models.loading import export_dense
 
-    export_dense(a.source, a.out, a.dtype)
+    export_dense(a.source, a.out, a.dtype, variant=a.variant, arch=json.loads(a.arch) if a.arch else None)
     _log(f"dense checkpoint of {a.source} written to {a.out}")
 
 
@@ -67,14 +67,27 @@ def cmd_eval_tokens(a: argparse.Namespace) -> None:
 def cmd_activations(a: argparse.Namespace) -> None:
     from .activations import block0_inputs
     from .models import adapter_for
-    from .models.loading import load_model
+    from .models.loading import load_config, load_model
 
     model, _ = load_model(a.model_dir, a.dtype)
-    windows = torch.load(a.tokens, weights_only=True)
-    hidden = block0_inputs(model, adapter_for(model.config.model_type), windows)
+    inputs = torch.load(a.tokens, weights_only=True)  # token windows, or SAM's preprocessed images
+    if inputs.is_floating_point():
+        inputs = inputs.to(next(model.parameters()).dtype)
+    hidden = block0_inputs(model, adapter_for(load_config(a.model_dir).model_type), inputs)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"error": hidden.contiguous()}, a.out)
     _log(f"block-0 inputs {tuple(hidden.shape)} cached")
+
+
+def cmd_calibration_images(a: argparse.Namespace) -> None:
+    from .data.images import calibration_images
+    from .models.loading import load_config
+
+    image_size = load_config(a.model_dir).image_size
+    images = calibration_images(json.loads(a.image_set), a.nsamples, a.seed, image_size)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(images, a.out)
+    _log(f"{images.shape[0]} calibration images preprocessed to {tuple(images.shape[1:])}")
 
 
 def cmd_prune_step(a: argparse.Namespace) -> None:
@@ -148,6 +161,20 @@ def cmd_zeroshot(a: argparse.Namespace) -> None:
     _log(f"{meta.get('run')} zero-shot mean accuracy {result['mean']:.4f}")
 
 
+def cmd_sam_iou(a: argparse.Namespace) -> None:
+    from .evaluate.sam_iou import annotated_images, single_point_iou
+    from .models.loading import load_model
+
+    device = provenance.resolve_device(a.device)
+    model, _ = load_model(a.model_dir, a.dtype)
+    images = annotated_images(json.loads(a.image_set), seed=a.seed)
+    result = single_point_iou(model, images, device, selection=a.selection, log=_log)
+    meta = json.loads(a.meta)
+    _write_json(a.out, {**meta, **result, "seed": a.seed, "versions": provenance.versions(),
+                        "machine": provenance.machine(device)})
+    _log(f"{meta.get('run')} single-point IoU on {meta.get('dataset')}: {result['value']:.4f} ({result['instances']} instances)")
+
+
 def cmd_zeroshot_tasks(a: argparse.Namespace) -> None:
     from .data.wiki_tasks import write_local_tasks
 
@@ -195,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-dense", help="save a model source as a plain safetensors checkpoint")
     p.add_argument("--source", required=True)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--variant", default=None, help="SAM only: vit_b | vit_l | vit_h (default: from the file name)")
+    p.add_argument("--arch", default=None, help="SAM only: JSON of encoder fields overriding the variant's")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export_dense)
 
@@ -207,6 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="stream")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_calibration)
+
+    p = sub.add_parser("calibration-images", help="seeded, SAM-preprocessed calibration images")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--image-set", required=True, help="image set spec as JSON")
+    p.add_argument("--nsamples", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_calibration_images)
 
     p = sub.add_parser("eval-tokens", help="consecutive evaluation windows")
     p.add_argument("--model-dir", required=True)
@@ -256,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("sam-iou", help="single-point IoU of a saved SAM on an annotated image set")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--image-set", required=True, help="image set spec as JSON")
+    p.add_argument("--selection", default="best_score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--meta", default="{}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sam_iou)
 
     p = sub.add_parser("zeroshot-tasks", help="write the local zero-shot task files")
     p.add_argument("--settings", required=True)

@@ -44,10 +44,31 @@ def run_label(method: str, pattern: str, sparsity: float | None, wbits: int) -> 
     return "-".join(parts)
 
 
+def is_sam(config: dict[str, Any], model: str) -> bool:
+    """SAM models come from segment-anything checkpoints (.pth); every other model is a language model."""
+    return config["models"][model]["source"].endswith(".pth")
+
+
 def calibration_key(config: dict[str, Any], model: str) -> str:
-    """Hash of everything that decides the calibration windows and block-0 inputs."""
+    """Hash of everything that decides the calibration inputs (token windows or images) and block-0 inputs."""
+    if is_sam(config, model):
+        cal = config["sam"]["calibration"]
+        return short_hash({"model": config["models"][model], "calibration": cal, "images": config["image_sets"][cal["images"]]})
     cal = config["calibration"]
     return short_hash({"model": config["models"][model], "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
+
+
+def calibration_path(config: dict[str, Any], model: str, root: str = "results") -> str:
+    kind = "images" if is_sam(config, model) else "tokens"
+    return f"{root}/{model}/data/calib-{kind}-{calibration_key(config, model)}.pt"
+
+
+def iou_key(config: dict[str, Any], dataset: str) -> str:
+    return short_hash({"images": config["image_sets"][dataset], "evaluation": config["sam"].get("evaluation", {})})
+
+
+def iou_path(config: dict[str, Any], model: str, run: str, dataset: str, root: str = "results") -> str:
+    return f"{root}/{model}/evals/{run}/iou-{dataset}-{iou_key(config, dataset)}.json"
 
 
 def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
@@ -99,7 +120,7 @@ def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, 
         if t.get("dense", True):
             rows.append((model, "dense", "dense", None, 16))
         for method in t["methods"]:
-            if table in ("table1", "table2"):
+            if table in ("table1", "table2", "table3"):
                 for s in t["sparsities"]:
                     rows.append((model, method, "unstructured", float(s), 16))
             else:
@@ -119,7 +140,7 @@ def table_experiments(config: dict[str, Any], table: str) -> list[Experiment]:
 
 def all_experiments(config: dict[str, Any]) -> dict[tuple[str, str], Experiment]:
     out: dict[tuple[str, str], Experiment] = {}
-    for table in LANGUAGE_TABLES:
+    for table in (*LANGUAGE_TABLES, *SAM_TABLES):
         for exp in table_experiments(config, table):
             out.setdefault((exp.model, exp.run), exp)
     return out
@@ -139,6 +160,11 @@ def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[st
         if config["tables"].get(table):
             for exp in table_experiments(config, table):
                 targets.append(zeroshot_path(config, exp.model, exp.run, root))
+    for table in SAM_TABLES:
+        t = config["tables"].get(table)
+        if t:
+            for exp in table_experiments(config, table):
+                targets.extend(iou_path(config, exp.model, exp.run, d, root) for d in t["datasets"])
     return sorted(set(targets))
 
 
@@ -155,14 +181,27 @@ def check_config(config: dict[str, Any]) -> None:
     known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
     if config["calibration"]["corpus"] not in config["corpora"]:
         raise ValueError(f"calibration.corpus {config['calibration']['corpus']!r} is not defined under 'corpora'")
+    image_sets = config.get("image_sets") or {}
     for table, t in (config.get("tables") or {}).items():
         if not t:
             continue
-        if table in SAM_TABLES:
-            raise ValueError(f"tables.{table}: SAM tables are not implemented yet; remove the entry")
         for model in t["models"]:
             if model not in config["models"]:
                 raise ValueError(f"tables.{table}.models: unknown model {model!r}; defined: {sorted(config['models'])}")
+            if (table in SAM_TABLES) != is_sam(config, model):
+                kind = "a SAM checkpoint (.pth)" if table in SAM_TABLES else "a language model"
+                raise ValueError(f"tables.{table}.models: {model!r} is not {kind}")
+        if table in SAM_TABLES:
+            cal = (config.get("sam") or {}).get("calibration")
+            if not cal:
+                raise ValueError(f"tables.{table} needs sam.calibration (images, nsamples, seed)")
+            if cal["images"] not in image_sets:
+                raise ValueError(f"sam.calibration.images: unknown image set {cal['images']!r}; defined: {sorted(image_sets)}")
+            for dataset in t["datasets"]:
+                if dataset not in image_sets:
+                    raise ValueError(f"tables.{table}.datasets: unknown image set {dataset!r}; defined: {sorted(image_sets)}")
+                if image_sets[dataset]["source"] not in ("sa1b", "coco"):
+                    raise ValueError(f"tables.{table}.datasets: {dataset!r} has no annotations (source must be sa1b or coco)")
         for method in t["methods"]:
             if method not in known_methods:
                 raise ValueError(f"tables.{table}.methods: unknown method {method!r}; known: {sorted(known_methods)}")

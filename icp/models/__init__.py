@@ -5,10 +5,12 @@ from __future__ import annotations
 from .base import ROLES, FamilyAdapter
 from .llama import LlamaAdapter
 from .opt import OPTAdapter
+from .sam import SamAdapter
 
 ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "opt": OPTAdapter,
     "llama": LlamaAdapter,
+    "sam_vit": SamAdapter,  # segment-anything's ViT image encoder
 }
 
 

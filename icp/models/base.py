@@ -51,6 +51,10 @@ class FamilyAdapter(ABC):
         """Modules `logits` uses (moved to the compute device for block-wise evaluation)."""
         return []
 
+    def call_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
+        """The whole model's forward on calibration inputs (stopped at block 0 to catch its input)."""
+        model(inputs, use_cache=False)
+
     def run_block(self, block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         out = block(hidden, **kwargs)
         return out[0] if isinstance(out, tuple) else out

@@ -4,7 +4,9 @@ A model source is one of
 - a Hugging Face hub id (``facebook/opt-125m``),
 - a local directory holding a Hugging Face checkpoint,
 - ``pkg:<package>/<relative path>.gguf``: a GGUF file shipped inside an installed Python package
-  (found without importing the package, whose ``__init__`` may pull in unrelated dependencies).
+  (found without importing the package, whose ``__init__`` may pull in unrelated dependencies),
+- a Segment Anything checkpoint ``.../sam_vit_{b,l,h}_*.pth`` (see `icp.models.sam`).
+Once exported, every model is a directory: ``config.json`` + ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from .sam import MODEL_TYPE as SAM_MODEL_TYPE
+from .sam import SamConfig, export_sam, load_sam
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -59,10 +64,23 @@ def resolve_source(source: str) -> ModelSource:
     return ModelSource(source)
 
 
+def is_sam_source(source: str) -> bool:
+    return source.endswith(".pth")
+
+
+def saved_model_type(model_dir: str | Path) -> str | None:
+    """`model_type` of a saved model directory (None when `model_dir` is not one)."""
+    config = Path(model_dir) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
 def load_model(source: str, dtype: str = "float32"):
-    """Load (model, tokenizer) from any source, on the CPU, with SDPA attention."""
+    """Load (model, tokenizer) from any source, on the CPU, with SDPA attention.
+    A saved SAM comes back as (Sam, None)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if saved_model_type(source) == SAM_MODEL_TYPE:
+        return load_sam(source, DTYPES[dtype]), None
     src = resolve_source(source)
     extra: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(src.location, **extra)
@@ -73,7 +91,9 @@ def load_model(source: str, dtype: str = "float32"):
     return model, tokenizer
 
 
-def load_config(checkpoint_dir: str | Path) -> PretrainedConfig:
+def load_config(checkpoint_dir: str | Path) -> PretrainedConfig | SamConfig:
+    if saved_model_type(checkpoint_dir) == SAM_MODEL_TYPE:
+        return SamConfig.from_json(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
     config._attn_implementation = "sdpa"
     return config
@@ -117,12 +137,19 @@ class CheckpointReader:
         return {n[len(prefix):]: t for n, t in self.read(names).items()}
 
 
-def export_dense(source: str, out_dir: str | Path, dtype: str = "float32") -> None:
-    """Save the dense model of `source` as a plain safetensors Hugging Face checkpoint + tokenizer.
+def export_dense(source: str, out_dir: str | Path, dtype: str = "float32", variant: str | None = None,
+                 arch: dict[str, Any] | None = None) -> None:
+    """Save the dense model of `source` as a plain safetensors checkpoint (+ tokenizer).
 
     Models loaded from GGUF are dequantized by transformers but marked as quantized, which
     `save_pretrained` refuses; they are re-created from their config without that mark first.
+    `variant` and `arch` apply to SAM checkpoints only.
     """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if is_sam_source(source):
+        export_sam(source, out_dir, variant, arch, DTYPES[dtype])
+        return
     model, tokenizer = load_model(source, dtype)
     if getattr(model, "hf_quantizer", None) is not None or hasattr(model.config, "quantization_config"):
         config = model.config

@@ -44,6 +44,9 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
                              "value": r["value"], "count": r["n"], "subset": bool(data.get("limit"))})
             rows.append({**base, "evaluation": "zeroshot", "dataset": "mean", "metric": "mean",
                          "value": data["mean"], "count": None, "subset": bool(data.get("limit"))})
+        elif data["metric"] == "iou":
+            rows.append({**base, "evaluation": "iou", "dataset": data["dataset"], "metric": "iou",
+                         "value": data["value"], "count": data["instances"], "subset": True})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -147,6 +150,26 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     return blocks
 
 
+def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list[str]:
+    """Rows: methods grouped by sparsity (3) or setting (6); columns: each model on each image set."""
+    t = config["tables"][key]
+    iou = frame[frame["evaluation"] == "iou"]
+    columns = [(f"{_label(config, 'models', m)} {_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
+               for m in t["models"] for d in t["datasets"]]
+    groups = [("", [("Dense", {"method": "dense"})])] if t.get("dense", True) else []
+    if key == "table3":
+        for s in t["sparsities"]:
+            members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
+            groups.append((f"{round(100 * s)}%", members))
+    else:
+        for pattern in t["patterns"]:
+            for bits in t.get("wbits", [16]):
+                members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
+                groups.append((_setting(pattern, None, int(bits)), members))
+    header = ["Sparsity" if key == "table3" else "Setting", "Method"]
+    return ["Single-point mIoU (%).\n\n" + _grid(iou, groups, columns, True, True, header)]
+
+
 def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
     """`results/tables.md`: every table the config asks for, with its notes; others say why they are absent."""
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
@@ -166,7 +189,7 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
         elif key in ("table2", "table5"):
             blocks = _table_2_or_5(frame, config, key)
         else:
-            blocks = ["_SAM tables are not produced by this version of the pipeline._"]
+            blocks = _table_3_or_6(frame, config, key)
         parts.extend(b + "\n" for b in blocks)
         subset = frame[(frame["subset"] == True)]  # noqa: E712
         if key in ("table1", "table4") and not subset[subset["evaluation"] == "perplexity"].empty:
@@ -174,6 +197,11 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             parts.append(f"_Perplexity over the first {', '.join(map(str, counts))} windows of each text, not the whole text._\n")
         if key in ("table2", "table5") and not subset[subset["evaluation"] == "zeroshot"].empty:
             parts.append("_Zero-shot accuracy on a subset of each task (`zeroshot.limit`)._\n")
+        if key in ("table3", "table6"):
+            counts = frame[frame["evaluation"] == "iou"].groupby("dataset")["count"].max()
+            if not counts.empty:
+                sizes = ", ".join(f"{_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
+                parts.append(f"_Instances per evaluation ({sizes}); one point per instance (see icp/evaluate/sam_iou.py)._\n")
     images = [p for p in (plots or []) if p.endswith(".png")]
     if images:
         parts.append("## Plots\n")

@@ -1,11 +1,11 @@
-# Stage 2: dense inputs of block 0 on the calibration windows, once per (model, calibration),
+# Stage 2: dense inputs of block 0 on the calibration windows (or images), once per (model, calibration),
 # shared by every method, sparsity and pattern.
 
 
 rule block0_activations:
     input:
         dense=rules.export_dense.output.weights,
-        tokens="results/{model}/data/calib-{key}.pt",
+        inputs=lambda wc: X.calibration_path(config, wc.model),
     output:
         "results/{model}/activations/calib-{key}.pt",
     params:
@@ -18,5 +18,5 @@ rule block0_activations:
     benchmark:
         "results/{model}/benchmarks/activations-{key}.tsv"
     shell:
-        "{params.icp} activations --model-dir results/{wildcards.model}/dense --tokens {input.tokens} "
+        "{params.icp} activations --model-dir results/{wildcards.model}/dense --tokens {input.inputs} "
         "--dtype {params.dtype} --out {output} > {log} 2>&1"

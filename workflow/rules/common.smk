@@ -1,6 +1,7 @@
 # Config -> experiments, output paths and parameter hashes (the logic lives in icp.experiments).
 import json
 import os
+import shlex
 
 from icp import experiments as X
 from icp.runs import block_groups
@@ -27,6 +28,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9_.\-]+",
     run=r"[A-Za-z0-9_.\-]+",
     corpus=r"[A-Za-z0-9_.\-]+",
+    dataset=r"[A-Za-z0-9_.\-]+",
     group=r"\d{3}",
     key=r"[0-9a-f]{8}",
 
@@ -87,6 +89,14 @@ def carry_in(wc):
 
 def step_files(wc, kind):
     return [f"results/{wc.model}/runs/{wc.run}/steps/{g:03d}.{kind}" for g in range(len(step_groups(wc.model)))]
+
+
+def sam_export_args(model):
+    cfg = config["models"][model]
+    args = f"--variant {cfg['variant']}" if cfg.get("variant") else ""
+    if cfg.get("arch"):
+        args += " --arch " + shlex.quote(json.dumps(cfg["arch"]))
+    return args
 
 
 def local_task_dir():

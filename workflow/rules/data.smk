@@ -9,6 +9,7 @@ checkpoint export_dense:
         icp=ICP_CLI,
         source=lambda wc: config["models"][wc.model]["source"],
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+        sam=lambda wc: sam_export_args(wc.model),
     conda:
         "../envs/icp.yaml"
     log:
@@ -18,7 +19,7 @@ checkpoint export_dense:
     resources:
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
     shell:
-        "{params.icp} export-dense --source {params.source:q} --dtype {params.dtype} "
+        "{params.icp} export-dense --source {params.source:q} --dtype {params.dtype} {params.sam} "
         "--out results/{wildcards.model}/dense > {log} 2>&1"
 
 
@@ -26,7 +27,7 @@ rule calibration_tokens:
     input:
         rules.export_dense.output.config,
     output:
-        "results/{model}/data/calib-{key}.pt",
+        "results/{model}/data/calib-tokens-{key}.pt",
     params:
         icp=ICP_CLI,
         corpus=lambda wc: json.dumps(config["corpora"][config["calibration"]["corpus"]]),
@@ -34,11 +35,29 @@ rule calibration_tokens:
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/calib-{key}.log",
+        "results/{model}/logs/calib-tokens-{key}.log",
     shell:
         "{params.icp} calibration --model-dir results/{wildcards.model}/dense --corpus {params.corpus:q} "
         "--nsamples {params.cal[nsamples]} --seqlen {params.cal[seqlen]} --seed {params.cal[seed]} "
         "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
+
+
+rule calibration_images:
+    input:
+        rules.export_dense.output.config,
+    output:
+        "results/{model}/data/calib-images-{key}.pt",
+    params:
+        icp=ICP_CLI,
+        image_set=lambda wc: json.dumps(config["image_sets"][config["sam"]["calibration"]["images"]]),
+        cal=lambda wc: config["sam"]["calibration"],
+    conda:
+        "../envs/icp.yaml"
+    log:
+        "results/{model}/logs/calib-images-{key}.log",
+    shell:
+        "{params.icp} calibration-images --model-dir results/{wildcards.model}/dense --image-set {params.image_set:q} "
+        "--nsamples {params.cal[nsamples]} --seed {params.cal[seed]} --out {output} > {log} 2>&1"
 
 
 rule eval_tokens:

@@ -1,4 +1,5 @@
-# Stage 4: evaluations, one small JSON each: perplexity per corpus, zero-shot accuracy (lm-eval).
+# Stage 4: evaluations, one small JSON each: perplexity per corpus, zero-shot accuracy (lm-eval),
+# SAM single-point IoU per image set.
 
 
 rule perplexity:
@@ -68,3 +69,31 @@ rule zeroshot:
         "{params.icp} zeroshot --model-dir {params.model_dir} --settings {params.settings:q} "
         "{params.task_dir} --meta {params.meta:q} --dtype {params.dtype} --device {params.device} "
         "--out {output} > {log} 2>&1"
+
+
+rule sam_iou:
+    input:
+        weights=model_weights,
+    output:
+        "results/{model}/evals/{run}/iou-{dataset}-{key}.json",
+    params:
+        icp=ICP_CLI,
+        model_dir=lambda wc: model_dir(wc.model, wc.run),
+        image_set=lambda wc: json.dumps(config["image_sets"][wc.dataset]),
+        meta=lambda wc: run_meta(wc, dataset=wc.dataset),
+        selection=config.get("sam", {}).get("evaluation", {}).get("selection", "best_score"),
+        seed=config.get("sam", {}).get("evaluation", {}).get("seed", 0),
+        dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
+        device=DEVICE,
+    conda:
+        "../envs/icp.yaml"
+    log:
+        "results/{model}/logs/evals/{run}/iou-{dataset}-{key}.log",
+    benchmark:
+        "results/{model}/benchmarks/evals/{run}/iou-{dataset}-{key}.tsv"
+    resources:
+        gpu=1 if uses_gpu() else 0,
+    shell:
+        "{params.icp} sam-iou --model-dir {params.model_dir} --image-set {params.image_set:q} "
+        "--selection {params.selection} --seed {params.seed} --meta {params.meta:q} --dtype {params.dtype} "
+        "--device {params.device} --out {output} > {log} 2>&1"
