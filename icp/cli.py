@@ -342,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "device", None):
+        # before anything touches CUDA: on a multi-GPU host each job takes a GPU of its own
+        from .gpu_slots import pin_job_to_one_gpu
+
+        pin_job_to_one_gpu(args.device, log=_log)
     if args.threads:
         # Snakemake sets OMP_NUM_THREADS to the job's thread count; the workflow passes its own choice
         torch.set_num_threads(args.threads)

@@ -1,0 +1,71 @@
+"""One job per GPU on a multi-GPU host, without a scheduler's help.
+
+Snakemake's ``resources: gpu=N`` keeps at most N GPU jobs running, but it does not say which
+GPU each should use. Before CUDA is touched, a job takes an exclusive lock on one free GPU's lock
+file and restricts itself to that GPU with ``CUDA_VISIBLE_DEVICES``. The lock belongs to the
+process, so it is released when the job ends in any way, a kill included. A job that finds every
+GPU taken waits for one: two jobs never share a GPU.
+
+Nothing happens when ``CUDA_VISIBLE_DEVICES`` is already set (SLURM and most schedulers set it),
+when the device was named explicitly (``cuda:N``), or when the host has fewer than two GPUs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+_held: list[IO] = []  # open lock files: the lock lives as long as this process
+
+
+def visible_gpu_count() -> int:
+    """GPUs on this host according to nvidia-smi (0 when it is absent); does not initialise CUDA."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return len(out.stdout.split()) if out.returncode == 0 else 0
+
+
+def lock_dir() -> Path:
+    return Path(os.environ.get("ICP_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "icp-gpu-locks"))
+
+
+def acquire_gpu(count: int, directory: Path | None = None, poll_seconds: float = 2.0) -> int:
+    """Lock one of GPUs 0..count-1 for this process (waiting while all are taken); returns its index."""
+    directory = directory or lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    while True:
+        for index in range(count):
+            handle = open(directory / f"gpu{index}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _held.append(handle)
+            return index
+        time.sleep(poll_seconds)
+
+
+def pin_job_to_one_gpu(device: str, log=print) -> int | None:
+    """Give this job a GPU of its own when it may use any (see module docstring)."""
+    if device not in ("auto", "cuda") or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return None
+    count = visible_gpu_count()
+    if count < 2:
+        return None
+    index = acquire_gpu(count)
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    log(f"pinned to GPU {index} of {count}")
+    return index

@@ -1,0 +1,68 @@
+"""Jobs on a multi-GPU host each lock a GPU of their own (simulated with lock files, no GPU needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from icp import gpu_slots
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from icp.gpu_slots import acquire_gpu
+index = acquire_gpu(int(sys.argv[1]), Path(sys.argv[2]), poll_seconds=0.1)
+print(index, time.time(), flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def _start(count, directory, hold):
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(count), str(directory), str(hold)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ})
+
+
+def test_concurrent_jobs_get_distinct_gpus_and_wait_when_all_are_taken(tmp_path):
+    first = _start(2, tmp_path, 3.0)
+    second = _start(2, tmp_path, 3.0)
+    a = first.stdout.readline().split()
+    b = second.stdout.readline().split()
+    assert {a[0], b[0]} == {"0", "1"}
+    started = time.time()
+    third = _start(2, tmp_path, 0.0)  # both GPUs busy: waits for one to be released
+    c = third.stdout.readline().split()
+    assert float(c[1]) >= min(float(a[1]), float(b[1])) + 2.5
+    assert time.time() - started >= 1.0
+    for p in (first, second, third):
+        p.wait(timeout=30)
+
+
+def test_lock_is_released_when_a_job_is_killed(tmp_path):
+    holder = _start(1, tmp_path, 60.0)
+    assert holder.stdout.readline().split()[0] == "0"
+    holder.kill()
+    holder.wait()
+    assert gpu_slots.acquire_gpu(1, tmp_path, poll_seconds=0.1) == 0
+
+
+def test_no_pinning_when_the_scheduler_already_chose(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(gpu_slots, "visible_gpu_count", lambda: 8)
+    assert gpu_slots.pin_job_to_one_gpu("auto") is None
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_slots.pin_job_to_one_gpu("cuda:1") is None
+    monkeypatch.setattr(gpu_slots, "visible_gpu_count", lambda: 1)
+    assert gpu_slots.pin_job_to_one_gpu("auto") is None
+
+
+def test_pinning_sets_cuda_visible_devices(monkeypatch, tmp_path):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("ICP_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(gpu_slots, "visible_gpu_count", lambda: 4)
+    monkeypatch.setattr(gpu_slots, "_held", [])
+    assert gpu_slots.pin_job_to_one_gpu("auto", log=lambda m: None) == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_slots.pin_job_to_one_gpu("cuda", log=lambda m: None) == 1  # this process still holds GPU 0
