@@ -25,6 +25,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of work on small files: on a cluster they run where Snakemake runs, not as jobs.
+localrules:
+    all,
+    zeroshot_tasks,
+    collect_results,
+    plots,
+    tables,
+
+
 rule all:
     default_target: True
     input:

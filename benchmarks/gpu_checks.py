@@ -7,6 +7,9 @@ Checks, for each family and for fp32 and fp16 weights:
 - SparseGPT with the streams in host memory gives the same weights as with the streams on the GPU;
 - ICP (alpha/beta, one epoch) runs on the GPU and prunes exactly the target fraction;
 - a GPU-pruned model's perplexity is close to the CPU-pruned one's (SparseGPT).
+And for a tiny random SAM: ICP 2:4 + int4 on the GPU keeps every N:M group and grid, SAM's
+block-wise encoder on the GPU matches the CPU one, and the single-point IoU evaluation runs on
+the GPU and agrees with the CPU's.
 Exits non-zero on the first failure.
 """
 
@@ -82,7 +85,37 @@ def main() -> None:
                 assert abs(ppl_gpu - ppl_cpu) / ppl_cpu < 1e-2, (ppl_gpu, ppl_cpu)
             print(f"ok {family} {dtype}: dense ppl {full:.3f} (block-wise {blockwise:.3f}), ICP 60% ppl {icp_ppl:.3f}, "
                   f"measured sparsity {zeros / total:.4f}", flush=True)
+    check_sam(root / "sam")
     print("all GPU checks passed")
+
+
+def check_sam(root: Path) -> None:
+    from tiny_sam import TINY_SAM_ARCH, write_image_sets, write_tiny_sam
+
+    from icp.checks import verify_pruned
+    from icp.evaluate.sam_iou import annotated_images, single_point_iou
+    from icp.models.loading import export_dense
+
+    dense = root / "dense"
+    export_dense(str(write_tiny_sam(root / "sam_vit_b_tiny.pth")), dense, arch=TINY_SAM_ARCH)
+    model, _ = load_model(str(dense))
+    adapter = adapter_for("sam_vit")
+    torch.manual_seed(0)
+    x0 = block0_inputs(model, adapter, torch.randn(8, 3, 64, 64))
+    torch.save({"error": x0}, root / "x0.pt")
+    spec = RunSpec("icp", pattern="2:4", wbits=4, compensation={"lr": 1e-3})
+    gpu = prune(dense, spec, root / "x0.pt", root / "icp-gpu", "cuda")
+    cpu = prune(dense, spec, root / "x0.pt", root / "icp-cpu", "cpu")
+    checks = verify_pruned(gpu, spec.to_dict())
+    sets = write_image_sets(root / "images")
+    images = annotated_images(sets["sa1b"])
+    iou_gpu = single_point_iou(load_model(str(gpu))[0], images, "cuda")["value"]
+    iou_cpu = single_point_iou(load_model(str(gpu))[0], images, "cpu")["value"]
+    assert abs(iou_gpu - iou_cpu) < 0.02, (iou_gpu, iou_cpu)
+    a, b = load_file(str(gpu / "model.safetensors")), load_file(str(cpu / "model.safetensors"))
+    same_masks = all(torch.equal(a[k] == 0, b[k] == 0) for k in a if k.endswith("mlp.lin2.weight"))
+    print(f"ok sam: ICP 2:4+int4 checks {checks}; IoU gpu {iou_gpu:.4f} cpu {iou_cpu:.4f}; "
+          f"first-block lin2 masks equal on CPU and GPU: {same_masks}", flush=True)
 
 
 if __name__ == "__main__":

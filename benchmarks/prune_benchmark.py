@@ -1,9 +1,11 @@
 """Time and peak accelerator memory of ICP, SparseGPT and Wanda on randomly initialised models
-shaped like OPT-125M / 1.3B / 6.7B and Llama-2-7B (weight values do not change the cost).
+shaped like OPT-125M / 1.3B / 6.7B, Llama-2-7B and SAM ViT-B/L/H (weight values do not change the cost).
 
     python benchmarks/prune_benchmark.py --models opt-125m opt-6.7b --methods icp sparsegpt wanda
+    python benchmarks/prune_benchmark.py --models sam-vit-b sam-vit-h --nsamples 64
 
-Calibration is the paper's: 128 windows of 2048 tokens. Blocks are generated on the fly instead of
+Calibration for language models is the paper's: 128 windows of 2048 tokens; SAM blocks see
+`nsamples` images at 1024 x 1024 (a 64 x 64 grid of patch tokens). Blocks are generated on the fly instead of
 read from a checkpoint, so nothing but one block at a time ever exists. Writes a Markdown table
 and a JSON of every measurement.
 """
@@ -20,6 +22,7 @@ from transformers import LlamaConfig, OPTConfig
 
 from icp.engine import BlockRunner, Streams, run_step
 from icp.models import adapter_for
+from icp.models.sam import SamConfig
 from icp.runs import RunSpec
 
 SHAPES = {
@@ -28,7 +31,16 @@ SHAPES = {
     "opt-6.7b": OPTConfig(hidden_size=4096, ffn_dim=16384, num_hidden_layers=32, num_attention_heads=32, max_position_embeddings=2048),
     "llama-2-7b": LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                               num_key_value_heads=32, max_position_embeddings=4096),
+    "sam-vit-b": SamConfig.for_variant("vit_b"),
+    "sam-vit-l": SamConfig.for_variant("vit_l"),
+    "sam-vit-h": SamConfig.for_variant("vit_h"),
 }
+
+
+def stream_shape(config, nsamples: int, seqlen: int) -> tuple[int, ...]:
+    if isinstance(config, SamConfig):
+        return (nsamples, config.grid_size, config.grid_size, config.embed_dim)
+    return (nsamples, seqlen, config.hidden_size)
 
 
 class RandomBlocks:
@@ -60,7 +72,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
     plan = spec.plan(runner)
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
     torch.manual_seed(0)
-    x0 = torch.randn(nsamples, seqlen, config.hidden_size, dtype=dtype, device="cuda")
+    x0 = torch.randn(stream_shape(config, nsamples, seqlen), dtype=dtype, device="cuda")
     if offload:  # streams in host memory, one batch at a time on the GPU
         x0 = x0.cpu().pin_memory()
     streams = Streams(x0, x0 if plan.compensation else None)
@@ -84,7 +96,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
         "median_block_s": sorted(per_block)[len(per_block) // 2],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "streams_gib": base / 2**30,
-        "nsamples": nsamples, "seqlen": seqlen, "dtype": str(dtype), "offload_streams": offload,
+        "nsamples": nsamples, "seqlen": None if isinstance(config, SamConfig) else seqlen, "dtype": str(dtype), "offload_streams": offload,
     }
 
 
@@ -97,6 +109,7 @@ def main() -> None:
     parser.add_argument("--max-blocks", type=int, default=None, help="time only this many blocks, extrapolate")
     parser.add_argument("--offload", action="store_true", help="keep the hidden-state streams in host memory")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
     args = parser.parse_args()
     rows = []
     for name in args.models:
@@ -110,7 +123,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "_offload" if args.offload else ""
+    suffix = ("_offload" if args.offload else "") + (f"_{args.tag}" if args.tag else "")
     (out / f"prune_benchmark{suffix}.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | method | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |", "|---|---|---|---|---|---|"]
     for r in rows:

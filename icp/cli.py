@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -347,9 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_slots import pin_job_to_one_gpu
 
         pin_job_to_one_gpu(args.device, log=_log)
-    if args.threads:
-        # Snakemake sets OMP_NUM_THREADS to the job's thread count; the workflow passes its own choice
-        torch.set_num_threads(args.threads)
+    # Snakemake sets OMP_NUM_THREADS to the job's thread count (1 under --cores 1); the workflow
+    # hands over its own choice (config cpu_threads) in ICP_TORCH_THREADS
+    threads = args.threads or int(os.environ.get("ICP_TORCH_THREADS") or 0)
+    if threads:
+        torch.set_num_threads(threads)
     args.func(args)
     return 0
 

@@ -67,14 +67,18 @@ def test_workflow_runs_through_slurm(slurm, tmp_path):
 
 
 def test_scancel_mid_run_then_rerun_gives_identical_results(slurm, tmp_path):
+    """scancel a pruning job after its first block; the retry (or a re-run) resumes at block 1."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     clean.mkdir()
     killed.mkdir()
-    small_config(clean)
+    config = small_config(clean)
+    config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["icp"], "sparsities": [0.5], "corpora": ["heldout"]}}
+    config["engine"].update(blocks_per_step=3, progress_seconds=0)  # one job walks all blocks, saving each
+    config["methods"]["icp"]["compensation"]["epochs"] = 300  # seconds per block: time to cancel mid-job
+    write_config(clean, config)
     for item in ("models", "text"):
         shutil.copytree(clean / item, killed / item)
-    config_text = (clean / "config.yaml").read_text().replace(str(clean), str(killed))
-    (killed / "config.yaml").write_text(config_text)
+    (killed / "config.yaml").write_text((clean / "config.yaml").read_text().replace(str(clean), str(killed)))
     assert run_snakemake(clean).returncode == 0
 
     cmd = [sys.executable, "-m", "snakemake", "results/tables.md", "-s", str(REPO / "Snakefile"), "-d", str(killed),
@@ -83,17 +87,20 @@ def test_scancel_mid_run_then_rerun_gives_identical_results(slurm, tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     cancelled = None
     deadline = time.time() + 600
-    while time.time() < deadline and cancelled is None:
-        queue = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True).stdout.split()
-        steps = list(killed.glob("results/tiny-llama/runs/icp-*/steps/000.json"))
-        if steps and queue:
-            cancelled = queue[0]
-            subprocess.run(["scancel", cancelled])
-        time.sleep(0.5)
-    out, _ = proc.communicate(timeout=900)
-    assert cancelled, "no SLURM job to cancel"
-    rerun = run_snakemake(killed)
+    while time.time() < deadline and cancelled is None and proc.poll() is None:
+        done_first = list(killed.glob("results/tiny-llama/runs/icp-*/steps/000.carry.pt.progress/block_0000.pt"))
+        queue = subprocess.run(["squeue", "-h", "-o", "%i %t %k"], capture_output=True, text=True).stdout.splitlines()
+        running = [line.split()[0] for line in queue if " R rule_prune_step" in line]
+        if done_first and running:
+            cancelled = running[0]
+            subprocess.run(["scancel", cancelled], check=True)
+        time.sleep(0.2)
+    first_log, _ = proc.communicate(timeout=900)
+    assert cancelled, "no running pruning job to cancel:\n" + first_log[-3000:]
+    rerun = run_snakemake(killed)  # nothing left to do when the profile's retry already finished the job
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    step_log = next(killed.glob("results/tiny-llama/logs/runs/icp-*/step-000.log")).read_text()
+    assert "resuming at block 1" in step_log or "resuming at block 2" in step_log, step_log[-2000:]
     a = pd.read_csv(clean / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
     b = pd.read_csv(killed / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
     assert a == b

@@ -21,7 +21,10 @@ def torch_threads():
     return max(1, (os.cpu_count() or 1) // max(1, int(workflow.cores or 1)))
 
 
-ICP_CLI = f"{sys.executable} -m icp.cli --threads {torch_threads()}"
+# Handed to the jobs through the environment: a rerun trigger would fire on a params change when
+# the same workflow later runs with other --cores, but never on the environment.
+os.environ["ICP_TORCH_THREADS"] = str(torch_threads())
+ICP_CLI = f"{sys.executable} -m icp.cli"
 
 
 wildcard_constraints:
