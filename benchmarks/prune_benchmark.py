@@ -61,13 +61,13 @@ class RandomBlocks:
 
 
 def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
-          offload: bool = False) -> dict:
+          offload: bool = False, compensation_batch: int = 8) -> dict:
     config = SHAPES[name]
     config._attn_implementation = "sdpa"
     adapter = adapter_for(config.model_type)
     runner = BlockRunner(adapter, config, RandomBlocks(adapter, config, dtype), "cuda", dtype, seqlen, batch_size=8)
     spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0,
-                   compensation={"epochs": 1, "lr": 1e-5, "batch_size": 8} if method == "icp" else {},
+                   compensation={"epochs": 1, "lr": 1e-5, "batch_size": compensation_batch} if method == "icp" else {},
                    track_error=False)
     plan = spec.plan(runner)
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
@@ -110,11 +110,14 @@ def main() -> None:
     parser.add_argument("--offload", action="store_true", help="keep the hidden-state streams in host memory")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--compensation-batch", type=int, default=8, help="ICP samples per compensation step")
     args = parser.parse_args()
     rows = []
     for name in args.models:
         for method in args.methods:
-            row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks, args.offload)
+            row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks, args.offload,
+                        args.compensation_batch)
+            row["compensation_batch"] = args.compensation_batch
             row["gpu"] = torch.cuda.get_device_name()
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -128,7 +131,8 @@ def main() -> None:
     lines = ["| model | method | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['seconds_full_model']:.0f} | {r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")
-    lines.append(f"\n{rows[0]['gpu']}, {platform.node()}, torch {torch.__version__}, {args.nsamples} x {args.seqlen} calibration tokens, fp16, streams {'in host memory' if args.offload else 'on the GPU'}")
+    inputs = "1024 x 1024 image" if args.models[0].startswith("sam") else f"{args.seqlen}-token window"
+    lines.append(f"\n{rows[0]['gpu']}, {platform.node()}, torch {torch.__version__}, {args.nsamples} x {inputs} calibration inputs, fp16, ICP compensation batch {args.compensation_batch}, streams {'in host memory' if args.offload else 'on the GPU'}")
     (out / f"prune_benchmark{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -5,6 +5,7 @@ import shlex
 
 from icp import experiments as X
 from icp.runs import block_groups
+from snakemake.exceptions import WorkflowError
 
 X.check_config(config)
 EXPERIMENTS = X.all_experiments(config)
@@ -18,7 +19,12 @@ def torch_threads():
     wanted = config.get("cpu_threads", "auto")
     if wanted != "auto":
         return int(wanted)
-    return max(1, (os.cpu_count() or 1) // max(1, int(workflow.cores or 1)))
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        slots = max(1, int(workflow.cores or 1))
+    except WorkflowError:  # cluster executors leave the total undefined: every job has its own allocation
+        slots = 1
+    return max(1, available // slots)
 
 
 # Handed to the jobs through the environment: a rerun trigger would fire on a params change when
