@@ -29,7 +29,7 @@ def torch_threads():
 
 # Handed to the jobs through the environment: a rerun trigger would fire on a params change when
 # the same workflow later runs with other --cores, but never on the environment.
-os.environ["ICP_TORCH_THREADS"] = str(torch_threads())
+os.environ.update(ICP_TORCH_THREADS=str(torch_threads()))
 ICP_CLI = f"{sys.executable} -m icp.cli"
 
 
@@ -102,10 +102,12 @@ def step_files(wc, kind):
 
 def sam_export_args(model):
     cfg = config["models"][model]
-    args = f"--variant {cfg['variant']}" if cfg.get("variant") else ""
+    args = []
+    if cfg.get("variant"):
+        args.append(f"--variant {cfg['variant']}")
     if cfg.get("arch"):
-        args += " --arch " + shlex.quote(json.dumps(cfg["arch"]))
-    return args
+        args.append(f"--arch {shlex.quote(json.dumps(cfg['arch']))}")
+    return " ".join(args)
 
 
 def local_task_dir():
