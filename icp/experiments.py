@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .models.loading import is_sam_source
 from .runs import RunSpec, short_hash
 
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
@@ -45,8 +46,8 @@ def run_label(method: str, pattern: str, sparsity: float | None, wbits: int) -> 
 
 
 def is_sam(config: dict[str, Any], model: str) -> bool:
-    """SAM models come from segment-anything checkpoints (.pth); every other model is a language model."""
-    return config["models"][model]["source"].endswith(".pth")
+    """SAM models come from segment-anything checkpoints; every other model is a language model."""
+    return is_sam_source(config["models"][model]["source"])
 
 
 def calibration_key(config: dict[str, Any], model: str) -> str:

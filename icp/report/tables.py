@@ -99,6 +99,21 @@ def _label(config: dict[str, Any], kind: str, name: str) -> str:
     return (config.get(kind, {}).get(name) or {}).get("label", name)
 
 
+def _row_groups(t: dict[str, Any], by_sparsity: bool, with_dense: bool = True) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """Table rows: the dense model, then the methods grouped by sparsity or by N:M (+ int) setting."""
+    groups = [("", [("Dense", {"method": "dense"})])] if with_dense else []
+    if by_sparsity:
+        for s in t["sparsities"]:
+            members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
+            groups.append((f"{round(100 * s)}%", members))
+    else:
+        for pattern in t["patterns"]:
+            for bits in t.get("wbits", [16]):
+                members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
+                groups.append((_setting(pattern, None, int(bits)), members))
+    return groups
+
+
 def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list[str]:
     t = config["tables"][key]
     blocks = []
@@ -117,11 +132,7 @@ def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
             blocks.append(f"{title} — perplexity on {_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
         else:
             columns = [(_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
-            groups = [("", [("Dense", {"method": "dense"})])]
-            for pattern in t["patterns"]:
-                for bits in t.get("wbits", [16]):
-                    members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
-                    groups.append((_setting(pattern, None, int(bits)), members))
+            groups = _row_groups(t, by_sparsity=False)
             blocks.append(f"{title}\n\n" + _grid(mf, groups, columns, False, False, ["Setting", "Method"]))
     return blocks
 
@@ -135,16 +146,7 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
         tasks = [d for d in dict.fromkeys(mf["dataset"]) if d != "mean"]
         task_labels = config.get("zeroshot", {}).get("tasks", {})
         columns = [((task_labels.get(d) or {}).get("label", d), {"dataset": d}) for d in tasks] + [("Mean", {"dataset": "mean"})]
-        groups = [("", [("Dense", {"method": "dense"})])]
-        if key == "table2":
-            for s in t["sparsities"]:
-                members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
-                groups.append((f"{round(100 * s)}%", members))
-        else:
-            for pattern in t["patterns"]:
-                for bits in t.get("wbits", [16]):
-                    members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
-                    groups.append((_setting(pattern, None, int(bits)), members))
+        groups = _row_groups(t, by_sparsity=key == "table2")
         header = ["Sparsity" if key == "table2" else "Setting", "Method"]
         blocks.append(f"**{_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, header))
     return blocks
@@ -156,16 +158,7 @@ def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     iou = frame[frame["evaluation"] == "iou"]
     columns = [(f"{_label(config, 'models', m)} {_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
                for m in t["models"] for d in t["datasets"]]
-    groups = [("", [("Dense", {"method": "dense"})])] if t.get("dense", True) else []
-    if key == "table3":
-        for s in t["sparsities"]:
-            members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
-            groups.append((f"{round(100 * s)}%", members))
-    else:
-        for pattern in t["patterns"]:
-            for bits in t.get("wbits", [16]):
-                members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
-                groups.append((_setting(pattern, None, int(bits)), members))
+    groups = _row_groups(t, by_sparsity=key == "table3", with_dense=t.get("dense", True))
     header = ["Sparsity" if key == "table3" else "Setting", "Method"]
     return ["Single-point mIoU (%).\n\n" + _grid(iou, groups, columns, True, True, header)]
 
