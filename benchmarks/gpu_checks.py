@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -35,14 +36,69 @@ from icp.runs import RunSpec, prune_group  # noqa: E402
 
 
 def prune(model_dir, spec, x0_path, out, device, offload=False):
-    prune_group(model_dir, spec, range(0, 100), x0_path, out / "w.safetensors", out / "r.json", out / "c.pt",
+    prune_group(model_dir, spec, range(0, 100), x0_path, out / "blocks", out / "r.json", out / "c.pt",
                 device=device, offload_streams=offload, log=lambda s: None)
-    assemble(model_dir, [out / "w.safetensors"], out / "model", {})
+    assemble(model_dir, [out / "blocks"], out / "model", {})
     return out / "model"
+
+
+def check_sparsegpt_fast_path() -> None:
+    """The fused sweep against the plain one on layer shapes of OPT-6.7B / Llama-2-7B, fp16 weights
+    and correlated fp16 inputs: prune masks equal (near-exact ties aside) and layer outputs within
+    1e-3 relative error; and the half-precision Hessian product against an fp32 one."""
+    from torch import nn
+
+    from icp.methods import make_pruner
+    from icp.methods.pattern import Pattern
+    from icp.methods.sparsegpt import InputHessian
+    from icp.methods.wanda import FeatureNorms
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for rows, cols in ((4096, 4096), (11008, 4096), (4096, 11008)):
+        mixing = torch.eye(cols, device="cuda") + 0.05 * torch.randn(cols, cols, device="cuda", generator=g)
+        scales = torch.rand(cols, device="cuda", generator=g) * 2 + 0.1
+        x = ((torch.randn(8 * 1024, cols, device="cuda", generator=g) @ mixing) * scales).half()
+        held_out = ((torch.randn(1024, cols, device="cuda", generator=g) @ mixing) * scales).half()
+        weight = (torch.randn(rows, cols, device="cuda", generator=g) * 0.02).half()
+
+        half, full = InputHessian(cols, "cuda"), InputHessian(cols, "cuda")
+        for chunk in x.split(2048):
+            half.add_batch(chunk)
+            full.add_batch(chunk.float())
+        hessian_err = float((half.matrix - full.matrix).norm() / full.matrix.norm())
+        assert hessian_err < 1e-5, ("half-precision Hessian", hessian_err)
+        on_gpu, on_cpu = FeatureNorms(cols, "cuda"), FeatureNorms(cols, "cpu")
+        for chunk in x.split(2048):
+            on_gpu.add_batch(chunk)
+            on_cpu.add_batch(chunk.cpu())
+        norms_err = float((on_gpu.rms().cpu() - on_cpu.rms()).norm() / on_cpu.rms().norm())
+        assert norms_err < 1e-5, ("Wanda feature norms on the GPU", norms_err)
+
+        for pattern in (Pattern(sparsity=0.5), Pattern(n=2, m=4), Pattern(n=2, m=4, wbits=4), Pattern(sparsity=0.7, wbits=3)):
+            outputs, masks, seconds = {}, {}, {}
+            for kernel in ("torch", "triton"):
+                layer = nn.Linear(cols, rows, bias=False, device="cuda", dtype=torch.float16)
+                layer.weight.data = weight.clone()
+                pruner = make_pruner("sparsegpt", layer, {"kernel": kernel})
+                for chunk in x.split(2048):
+                    pruner.add_batch(chunk)
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                masks[kernel] = pruner.prune(pattern).mask
+                torch.cuda.synchronize()
+                seconds[kernel] = time.perf_counter() - started
+                outputs[kernel] = (held_out @ layer.weight.t()).float()
+            mismatch = float((masks["torch"] != masks["triton"]).float().mean())
+            rel = float((outputs["triton"] - outputs["torch"]).norm() / outputs["torch"].norm())
+            print(f"ok sparsegpt fast path {rows}x{cols} {pattern}: mask mismatch {mismatch:.2e}, output rel. error "
+                  f"{rel:.2e}, Hessian rel. error {hessian_err:.1e}, Wanda norms rel. error {norms_err:.1e}; prune {seconds['torch']:.2f} s plain, "
+                  f"{seconds['triton']:.3f} s fused", flush=True)
+            assert mismatch == 0 and rel < 1e-6, (rows, cols, pattern, mismatch, rel)  # no FMA: same roundings
 
 
 def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device"
+    check_sparsegpt_fast_path()
     root = Path(tempfile.mkdtemp())
     text = generated_text()
     for family in ("llama", "opt"):

@@ -71,11 +71,11 @@ def main() -> None:
             for spec in specs:
                 out = work / "run"
                 started = time.perf_counter()
-                prune_group(dense_dir, spec, range(0, 10_000), work / "x0.pt", out / "w.safetensors", out / "r.json",
+                prune_group(dense_dir, spec, range(0, 10_000), work / "x0.pt", out / "blocks", out / "r.json",
                             out / "c.pt", device=device, log=lambda s: None)
                 seconds = time.perf_counter() - started
                 records = json.loads((out / "r.json").read_text())
-                assemble(dense_dir, [out / "w.safetensors"], out / "model", {})
+                assemble(dense_dir, [out / "blocks"], out / "model", {})
                 pruned, _ = load_model(str(out / "model"))
                 ppl = perplexity(pruned.to(device), evals, batch_size=8)
                 row = {"nsamples": n, "pattern": pattern_arg, "wbits": wbits, "method": spec.method, "alpha": spec.alpha,

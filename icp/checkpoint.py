@@ -1,11 +1,13 @@
-"""Per-block state on disk: group outputs, mid-group progress for resume, and assembly of the
-pruned model into a normal Hugging Face checkpoint."""
+"""Per-block state on disk: each finished block written once (it is both the resume point and the
+group's output), and assembly of the pruned model into a normal Hugging Face checkpoint."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,76 +29,120 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class GroupProgress:
-    """Mid-group progress beside a group's carry file, so a killed job resumes at its last finished block.
+class BlockFiles:
+    """A block group's finished blocks on disk: one safetensors file (full checkpoint names, grids
+    included) and one JSON record per block, written by a background thread while the next block
+    computes, each written once.
 
-    Each finished block is its own file (written once); `window.pt` holds the window state after
-    the newest one. Both are valid only for the same run settings and block range.
+    They collect in `<out_dir>.partial/` and the directory is renamed to `out_dir` when the group
+    is done, so a killed job leaves its finished blocks where the next attempt finds them (valid
+    only for the same run settings and block range, which `key.json` records).
     """
 
-    def __init__(self, carry_out: Path, spec: dict[str, Any], blocks: range) -> None:
-        self.dir = carry_out.with_name(carry_out.name + ".progress")
-        self.key = json.dumps({"spec": spec, "blocks": [blocks.start, blocks.stop]}, sort_keys=True)
+    def __init__(self, out_dir: str | Path, spec: dict[str, Any], blocks: range, prefix: Callable[[int], str]) -> None:
+        self.out_dir = Path(out_dir)
+        self.dir = self.out_dir.with_name(self.out_dir.name + ".partial")
+        self.key = {"spec": spec, "blocks": [blocks.start, blocks.stop]}
+        self.blocks = blocks
+        self.prefix = prefix
+        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._pending: list[Future] = []
 
-    def load(self) -> dict[str, Any] | None:
-        """{'next_block', 'carry', 'finished', 'records'} of the newest saved block, or None."""
-        window = self.dir / "window.pt"
-        if not window.exists():
-            return None
-        try:
-            state = torch.load(window, map_location="cpu", weights_only=True)
-            if state.get("key") != self.key:
-                return None
-            finished, records = {}, []
-            for index in range(json.loads(self.key)["blocks"][0], state["next_block"]):
-                block = torch.load(self.dir / f"block_{index:04d}.pt", map_location="cpu", weights_only=True)
-                finished[index] = block["weights"]
-                records.append(json.loads(block["record"]))
-        except Exception as err:  # a corrupt progress file costs only the blocks since the group began
-            print(f"ignoring unreadable progress in {self.dir}: {err}")
-            return None
-        return {"next_block": state["next_block"], "carry": state["carry"], "finished": finished, "records": records}
-
-    def keep_block(self, index: int, weights: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
-        """Store finished block `index` (written once; valid once a later window state points past it)."""
+    def finished(self) -> list[dict[str, Any]]:
+        """Records of the blocks already finished, from the group's first block on without gaps
+        (empty for a fresh start; the directory is reset when its key does not match)."""
+        key_file = self.dir / "key.json"
+        if key_file.exists():
+            try:
+                same = json.loads(key_file.read_text()) == json.loads(json.dumps(self.key))
+            except json.JSONDecodeError:
+                same = False
+            if not same:
+                shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"weights": weights, "record": json.dumps(record)}, self.dir / f"block_{index:04d}.pt")
+        key_file.write_text(json.dumps(self.key, sort_keys=True))
+        records = []
+        for index in self.blocks:
+            record = self.dir / f"block_{index:04d}.json"
+            if not record.exists():
+                break
+            try:
+                records.append(json.loads(record.read_text()))
+            except json.JSONDecodeError:  # torn write: that block is done again
+                break
+        return records
 
-    def save_window(self, index: int, carry: dict[str, Any]) -> None:
-        """The window state after block `index`: a resumed job starts at block `index + 1`."""
-        atomic_torch_save({"key": self.key, "next_block": index + 1, "carry": carry}, self.dir / "window.pt")
-
-    def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def save_group_outputs(adapter, finished: dict[int, dict[str, torch.Tensor]], records: list[dict[str, Any]],
-                       carry: dict[str, Any], out_weights, out_record, carry_out) -> None:
-    """Finished blocks (full checkpoint names), their records, and the window state for the next group."""
-    tensors = {}
-    for index, state in finished.items():
-        prefix = adapter.block_prefix(index)
-        for name, t in state.items():
-            if name.startswith(GRID_PREFIX):  # a quantized layer's grid: __grid__.<block prefix><layer>.<scale|zero>
-                tensors[GRID_PREFIX + prefix + name[len(GRID_PREFIX):]] = t.contiguous()
+    def load(self, index: int) -> dict[str, torch.Tensor]:
+        """Finished block `index`'s tensors, names relative to the block (grids under GRID_PREFIX)."""
+        prefix = self.prefix(index)
+        state = {}
+        for name, value in load_file(str(self.dir / f"block_{index:04d}.safetensors")).items():
+            if name.startswith(GRID_PREFIX):
+                state[GRID_PREFIX + name[len(GRID_PREFIX) + len(prefix):]] = value
             else:
-                tensors[prefix + name] = t.contiguous()
-    for path in (out_weights, out_record, carry_out):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out_weights))
-    Path(out_record).write_text(json.dumps(records, indent=1))
-    atomic_torch_save(carry, Path(carry_out))
+                state[name[len(prefix):]] = value
+        return state
+
+    def put(self, index: int, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Write finished block `index` in the background (its record last: the record marks it done)."""
+        self._raise_failed()
+        self._pending.append(self._writer.submit(self._write, index, state, record))
+
+    def _write(self, index: int, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        prefix = self.prefix(index)
+        tensors = {}
+        for name, value in state.items():  # grids: __grid__.<block prefix><layer>.<scale|zero>
+            full = GRID_PREFIX + prefix + name[len(GRID_PREFIX):] if name.startswith(GRID_PREFIX) else prefix + name
+            tensors[full] = value.contiguous()
+        weights = self.dir / f"block_{index:04d}.safetensors"
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, weights)
+        record_file = self.dir / f"block_{index:04d}.json"
+        tmp = record_file.with_name(record_file.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, record_file)
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        for future in done:
+            future.result()  # re-raises a failed write here, in the job's thread
+            self._pending.remove(future)
+
+    def wait(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Wait for the writes, then move the blocks to `out_dir`; returns every block's record."""
+        self.wait()
+        self._writer.shutdown()
+        records = [json.loads((self.dir / f"block_{i:04d}.json").read_text()) for i in self.blocks]
+        (self.dir / "key.json").unlink()
+        if self.out_dir.exists():
+            shutil.rmtree(self.out_dir)
+        os.replace(self.dir, self.out_dir)
+        return records
+
+
+def group_files(group_dirs: list[str | Path]) -> list[Path]:
+    """The block files of finished groups (directories of `block_*.safetensors`; a plain file passes)."""
+    files: list[Path] = []
+    for entry in map(Path, group_dirs):
+        files += sorted(entry.glob("block_*.safetensors")) if entry.is_dir() else [entry]
+    return files
 
 
 def assemble(dense_dir: str | Path, group_weights: list[str | Path], out_dir: str | Path, record: dict[str, Any]) -> None:
-    """The dense checkpoint with every block replaced by its pruned version, saved with
+    """`group_weights`: the finished groups' block directories. The dense checkpoint with every block replaced by its pruned version, saved with
     `record` (method, per-layer sparsities, measured sparsity, data, versions) as `pruning.json`."""
     dense_dir, out_dir = Path(dense_dir), Path(out_dir)
     reader = CheckpointReader(dense_dir)
     tensors = reader.read(reader.names())
     replaced = 0
     grids: dict[str, torch.Tensor] = {}
-    for file in group_weights:
+    for file in group_files(group_weights):
         for name, t in load_file(str(file)).items():
             if name.startswith(GRID_PREFIX):
                 grids[name[len(GRID_PREFIX):]] = t

@@ -99,8 +99,8 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
     _log(f"{spec.method} {spec.pattern} s={spec.sparsity} w{spec.wbits}: blocks {a.first}..{a.last - 1} on {device}")
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.weights, a.record, a.carry_out,
-                device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, progress_seconds=a.progress_seconds, log=_log)
+    prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.blocks, a.record, a.carry_out,
+                device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
         _log(f"peak accelerator memory {peak:.2f} GiB")
@@ -125,7 +125,7 @@ def cmd_assemble(a: argparse.Namespace) -> None:
         "blocks": records,
         "versions": provenance.versions(),
     }
-    assemble(a.model_dir, a.weights, a.out_dir, record)
+    assemble(a.model_dir, a.blocks, a.out_dir, record)
     checks = verify_and_record(a.out_dir)
     _log(f"assembled {a.out_dir}: measured sparsity {record['measured_sparsity']:.4f}; checks {checks}")
 
@@ -267,19 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--last", type=int, required=True, help="one past the last block")
     p.add_argument("--carry-in", required=True)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--blocks", required=True, help="output directory: one file per finished block")
     p.add_argument("--record", required=True)
     p.add_argument("--carry-out", required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--offload-streams", action="store_true", help="keep hidden-state streams in host memory")
-    p.add_argument("--progress-seconds", type=float, default=0.0, help="least time between progress saves")
     p.set_defaults(func=cmd_prune_step)
 
     p = sub.add_parser("assemble", help="dense checkpoint + pruned blocks -> pruned checkpoint")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--spec", required=True)
-    p.add_argument("--weights", nargs="+", required=True)
+    p.add_argument("--blocks", nargs="+", required=True, help="the steps' block directories")
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=cmd_assemble)

@@ -20,13 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .methods import make_pruner
+from .methods import make_pruners
 from .methods.icp import Compensation, compensate
 from .models import FamilyAdapter
 from .models.loading import CheckpointReader
 from .schedule import LayerShape, SparsityMap
 
 StateDict = dict[str, torch.Tensor]
+Pending = StateDict | nn.Module | None  # ICP's compensated next block: a module on the device, or saved weights
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Streams:
 class StepResult:
     block: StateDict  # the finished (pruned) block, names relative to the block
     streams: Streams
-    pending: StateDict | None  # ICP: the compensated next block, to be pruned at the next step
+    pending: nn.Module | None  # ICP: the compensated next block (on the device), to be pruned at the next step
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,8 +96,11 @@ class BlockRunner:
     def num_blocks(self) -> int:
         return self.adapter.num_blocks(self.config)
 
-    def load(self, index: int, state: StateDict | None = None) -> nn.Module:
-        """Block `index` on the compute device, from `state` or from the dense checkpoint."""
+    def load(self, index: int, state: Pending = None) -> nn.Module:
+        """Block `index` on the compute device: `state` itself when it is a module already, else
+        built from the weights in `state`, or from the dense checkpoint."""
+        if isinstance(state, nn.Module):
+            return state.to(device=self.device, dtype=self.dtype).eval()
         if state is None:
             state = self.reader.read_prefix(self.adapter.block_prefix(index))
         with torch.device("meta"):
@@ -105,17 +109,48 @@ class BlockRunner:
         return block.to(device=self.device, dtype=self.dtype).eval()
 
     @torch.no_grad()
-    def forward(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, block: nn.Module, hidden: torch.Tensor, keep_output: bool = True) -> torch.Tensor | None:
         """Block output for every sample, in batches; the result stays where `hidden` is
-        (streams may live in host memory while the block runs on the accelerator)."""
-        offloaded = hidden.device.type == "cpu" and self.device.type == "cuda"
-        out = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True) if offloaded else torch.empty_like(hidden)
+        (streams may live in host memory while the block runs on the accelerator). With
+        `keep_output=False` the outputs are dropped (a pass that only feeds forward hooks)."""
+        if hidden.device.type == "cpu" and self.device.type == "cuda":
+            return self._forward_offloaded(block, hidden, keep_output)
+        out = torch.empty_like(hidden) if keep_output else None
         for start in range(0, hidden.shape[0], self.batch_size):
-            batch = hidden[start : start + self.batch_size].to(self.device, non_blocking=True)
+            result = self.adapter.run_block(block, hidden[start : start + self.batch_size].to(self.device), self.kwargs)
+            if out is not None:
+                out[start : start + self.batch_size].copy_(result)
+        return out
+
+    def _forward_offloaded(self, block: nn.Module, hidden: torch.Tensor, keep_output: bool) -> torch.Tensor | None:
+        """`forward` for streams in (pinned) host memory: a side CUDA stream copies batch k+1 in and
+        batch k-1 out while batch k computes."""
+        out = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True) if keep_output else None
+        compute = torch.cuda.current_stream(self.device)
+        copies = torch.cuda.Stream(self.device)
+        starts = list(range(0, hidden.shape[0], self.batch_size))
+
+        def fetch(start: int) -> tuple[torch.Tensor, torch.cuda.Event]:
+            with torch.cuda.stream(copies):
+                batch = hidden[start : start + self.batch_size].to(self.device, non_blocking=True)
+                return batch, copies.record_event()
+
+        ahead = fetch(starts[0])
+        for k, start in enumerate(starts):
+            batch, arrived = ahead
+            compute.wait_event(arrived)
+            batch.record_stream(compute)
+            if k + 1 < len(starts):
+                ahead = fetch(starts[k + 1])
             result = self.adapter.run_block(block, batch, self.kwargs)
-            out[start : start + self.batch_size].copy_(result, non_blocking=True)
-        if offloaded:
-            torch.cuda.synchronize(self.device)  # the host copies must land before anyone reads `out`
+            if out is not None:
+                finished = compute.record_event()
+                with torch.cuda.stream(copies):
+                    copies.wait_event(finished)
+                    out[start : start + self.batch_size].copy_(result, non_blocking=True)
+                    result.record_stream(copies)
+        copies.synchronize()  # the host copies must land before anyone reads `out`
+        compute.synchronize()
         return out
 
     @torch.no_grad()
@@ -145,20 +180,32 @@ class BlockRunner:
 
 
 def cpu_state(block: nn.Module) -> StateDict:
-    return {k: v.detach().to("cpu").clone() for k, v in block.state_dict().items()}
+    """A copy of the block's tensors in host memory. From CUDA they land in pinned memory: a copy
+    into pageable memory can be several times slower (and the caching host allocator recycles
+    pinned blocks once the written copies are dropped)."""
+    state = {}
+    for name, value in block.state_dict().items():
+        if value.is_cuda:
+            state[name] = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            state[name].copy_(value.detach(), non_blocking=True)
+        else:
+            state[name] = value.detach().clone()
+    if any(v.is_cuda for v in block.state_dict().values()):
+        torch.cuda.synchronize()
+    return state
 
 
 def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch.Tensor, plan: PrunePlan) -> dict[str, Any]:
     """Prune every linear of `block` at its scheduled pattern, with statistics from `inputs`."""
     linears = runner.adapter.prunable_linears(block)
-    pruners = {name: make_pruner(plan.method, linear, plan.method_options) for name, linear in linears.items()}
+    pruners = make_pruners(plan.method, linears, plan.method_options, runner.adapter.shared_inputs)
     if any(p.needs_inputs for p in pruners.values()):
         hooks = [
             linear.register_forward_hook(lambda _m, args, _out, p=pruners[name]: p.add_batch(args[0].detach()))
             for name, linear in linears.items()
         ]
         try:
-            runner.forward(block, inputs)
+            runner.forward(block, inputs, keep_output=False)
         finally:
             for h in hooks:
                 h.remove()
@@ -186,39 +233,49 @@ def _finished_state(block: nn.Module, layers: dict[str, Any]) -> StateDict:
     return state
 
 
-def run_step(runner: BlockRunner, index: int, streams: Streams, pending: StateDict | None, plan: PrunePlan) -> StepResult:
+def run_step(runner: BlockRunner, index: int, streams: Streams, pending: Pending, plan: PrunePlan) -> StepResult:
     """One window step at block `index` (see module docstring)."""
     started = time.perf_counter()
     block = runner.load(index, pending)
-    needs_dense = plan.track_error or plan.compensation is not None
-    dense_block = runner.load(index) if needs_dense and not streams.dense_ahead else None
-
     layers = prune_block(runner, block, index, streams.error, plan)
-    error_out = runner.forward(block, streams.error)
     record: dict[str, Any] = {"block": index, "layers": layers}
+    next_streams, new_pending = advance(runner, index, block, streams, plan, record, compensate_next=True)
+    record["seconds"] = time.perf_counter() - started
+    return StepResult(block=_finished_state(block, layers), streams=next_streams, pending=new_pending, record=record)
 
+
+def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams, plan: PrunePlan,
+            record: dict[str, Any], compensate_next: bool) -> tuple[Streams, nn.Module | None]:
+    """Steps 3-4 of the window at block `index`, whose pruned version is `block`: the streams
+    through it (recording the output error) and, for ICP, the compensated next block (trained only
+    when `compensate_next`; a replay that already holds the next block skips the training but
+    still computes its dense output, the next step's target)."""
+    needs_dense = plan.track_error or plan.compensation is not None
+    error_out = runner.forward(block, streams.error)
     dense_out = None
     if needs_dense:
         if streams.dense is None:
             raise ValueError("this plan needs the dense stream, but the streams carry none")
-        dense_out = streams.dense if streams.dense_ahead else runner.forward(dense_block, streams.dense)
+        dense_out = streams.dense if streams.dense_ahead else runner.forward(runner.load(index), streams.dense)
         mse, energy = runner.mean_squared_error(error_out, dense_out)
         record["output_mse"] = mse
         record["output_rel_mse"] = mse / max(energy, 1e-30)
-    del dense_block
+    if plan.compensation is None or index + 1 >= runner.num_blocks:
+        return Streams(error_out, dense_out, dense_ahead=False), None
+    next_block = runner.load(index + 1)  # B_{i+1}, still dense: its output is the target, then it trains in place
+    target = runner.forward(next_block, dense_out)
+    if not compensate_next:
+        return Streams(error_out, target, dense_ahead=True), None
+    record["compensation"] = compensate(
+        next_block, runner.adapter, runner.kwargs, error_out, target, plan.compensation, seed_offset=index + 1
+    )
+    return Streams(error_out, target, dense_ahead=True), next_block
 
-    new_pending = None
-    next_streams = Streams(error_out, dense_out, dense_ahead=False)
-    if plan.compensation is not None and index + 1 < runner.num_blocks:
-        next_dense = runner.load(index + 1)
-        target = runner.forward(next_dense, dense_out)
-        trained = next_dense  # B_{i+1} is still dense here; train it in place
-        record["compensation"] = compensate(
-            trained, runner.adapter, runner.kwargs, error_out, target, plan.compensation, seed_offset=index + 1
-        )
-        new_pending = cpu_state(trained)
-        next_streams = Streams(error_out, target, dense_ahead=True)
-        del next_dense, trained
 
-    record["seconds"] = time.perf_counter() - started
-    return StepResult(block=_finished_state(block, layers), streams=next_streams, pending=new_pending, record=record)
+def replay_step(runner: BlockRunner, index: int, finished: StateDict, streams: Streams, plan: PrunePlan,
+                compensate_next: bool) -> tuple[Streams, nn.Module | None]:
+    """Rebuild the window state after an already finished block `index` (its pruned weights in
+    `finished`) without pruning it again: what a resumed job does instead of reading saved streams.
+    Bit-identical to the original step on the CPU (the same forwards; the same seeded training)."""
+    block = runner.load(index, {k: v for k, v in finished.items() if not k.startswith(GRID_PREFIX)})
+    return advance(runner, index, block, streams, plan, {}, compensate_next)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import GroupProgress, save_group_outputs
-from .engine import BlockRunner, PrunePlan, Streams, run_step
+from .checkpoint import BlockFiles, atomic_torch_save
+from .engine import BlockRunner, PrunePlan, Streams, cpu_state, replay_step, run_step
 from .methods import PRUNERS
 from .methods.icp import Compensation
 from .methods.pattern import Pattern, parse_pattern
@@ -83,9 +82,9 @@ def short_hash(data: Any, length: int = 8) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
-def block_groups(num_blocks: int, blocks_per_step: int) -> list[range]:
-    """Consecutive block ranges, one per workflow step."""
-    size = max(1, blocks_per_step)
+def block_groups(num_blocks: int, blocks_per_step: int | str) -> list[range]:
+    """Consecutive block ranges, one per workflow step; "all" makes the whole model one step."""
+    size = num_blocks if blocks_per_step == "all" else max(1, int(blocks_per_step))
     return [range(start, min(start + size, num_blocks)) for start in range(0, num_blocks, size)]
 
 
@@ -94,26 +93,30 @@ def prune_group(
     spec: RunSpec,
     blocks: range,
     carry_in: str | Path,
-    out_weights: str | Path,
+    out_blocks: str | Path,
     out_record: str | Path,
     carry_out: str | Path,
     device: str = "cpu",
     batch_size: int = 8,
     offload_streams: bool = False,
-    progress_seconds: float = 0.0,
     log=print,
 ) -> None:
     """Prune blocks `blocks` of a run, starting from the window state in `carry_in`.
 
     `carry_in` is the dense block-0 input cache (first group) or the previous group's carry.
-    Progress is saved beside `carry_out` after a block once `progress_seconds` have passed since
-    the last save (0: after every block), so a killed job resumes at its last saved block with
-    bit-identical results, losing at most that much work. With `offload_streams` the hidden-state
-    streams stay in host memory and only one batch at a time visits the accelerator.
+    Each finished block is written once, in the background, into `out_blocks` (a directory; see
+    `BlockFiles`): a killed job's next attempt reads the finished blocks back and rebuilds the
+    streams by running them again (forwards only, plus one ICP compensation), so it resumes at its
+    last finished block with bit-identical results on the CPU, and no stream is ever saved for it.
+    `carry_out` gets the window state for the next group; after the model's last block nothing
+    needs it and it holds no tensors. With `offload_streams` the hidden-state streams stay in host
+    memory and only one batch at a time visits the accelerator.
     """
     config = load_config(dense_dir)
     adapter = adapter_for(config.model_type)
     carry = torch.load(carry_in, map_location="cpu", weights_only=True)
+    if "error" not in carry:
+        raise ValueError(f"{carry_in} holds no window state (it is the carry of a model's last block group)")
     dtype = carry["error"].dtype
     runner = BlockRunner(adapter, config, CheckpointReader(dense_dir), device, dtype, carry["error"].shape[1], batch_size)
     blocks = range(blocks.start, min(blocks.stop, runner.num_blocks))
@@ -124,38 +127,34 @@ def prune_group(
     if "dense" not in carry:  # the first group starts from the cached dense block-0 inputs
         carry = {"error": carry["error"], "dense": carry["error"] if needs_dense else None, "dense_ahead": False, "pending": None}
 
-    progress = GroupProgress(Path(carry_out), spec.to_dict(), blocks)
-    state = progress.load()
-    if state is not None:
-        log(f"resuming at block {state['next_block']} from {progress.dir}")
-        carry, finished, records = state["carry"], state["finished"], state["records"]
-        start = state["next_block"]
-    else:
-        finished, records, start = {}, [], blocks.start
-
     streams = Streams(carry["error"], carry["dense"], carry["dense_ahead"]).to("cpu" if offload_streams else device)
     if offload_streams and torch.device(device).type == "cuda":
         streams = streams.pinned()  # page-locked host memory: faster, asynchronous copies
     pending = carry["pending"]
-    last_save = time.perf_counter()
-    for index in range(start, blocks.stop):
+    del carry
+
+    files = BlockFiles(out_blocks, spec.to_dict(), blocks, adapter.block_prefix)
+    done = files.finished()
+    if done:
+        log(f"resuming at block {blocks.start + len(done)}: replaying {len(done)} finished block(s) from {files.dir}")
+    for index in range(blocks.start, blocks.start + len(done)):
+        last = index + 1 == blocks.start + len(done)
+        streams, pending = replay_step(runner, index, files.load(index), streams, plan, compensate_next=last)
+
+    for index in range(blocks.start + len(done), blocks.stop):
         result = run_step(runner, index, streams, pending, plan)
         streams, pending = result.streams, result.pending
-        finished[index] = result.block
-        records.append(result.record)
+        files.put(index, result.block, result.record)
         msg = f"block {index + 1}/{runner.num_blocks} done in {result.record['seconds']:.1f}s"
         if "output_rel_mse" in result.record:
             msg += f", relative output error {result.record['output_rel_mse']:.4g}"
         log(msg)
-        carry = _carry_dict(streams, pending)
-        if index + 1 < blocks.stop:
-            progress.keep_block(index, result.block, result.record)
-            if time.perf_counter() - last_save >= progress_seconds:
-                progress.save_window(index, carry)
-                last_save = time.perf_counter()
 
-    save_group_outputs(adapter, finished, records, carry, out_weights, out_record, carry_out)
-    progress.clear()
+    records = files.commit()
+    Path(out_record).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_record).write_text(json.dumps(records, indent=1))
+    final = blocks.stop >= runner.num_blocks
+    atomic_torch_save({"final": True} if final else _carry_dict(streams, pending), Path(carry_out))
 
 
 def _carry_dict(streams: Streams, pending) -> dict[str, Any]:
@@ -163,5 +162,5 @@ def _carry_dict(streams: Streams, pending) -> dict[str, Any]:
         "error": streams.error.cpu(),
         "dense": None if streams.dense is None else streams.dense.cpu(),
         "dense_ahead": streams.dense_ahead,
-        "pending": pending,
+        "pending": cpu_state(pending) if isinstance(pending, torch.nn.Module) else pending,
     }

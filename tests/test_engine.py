@@ -28,14 +28,14 @@ def setup(tiny_dirs, family, text, tmp_path):
     return model_dir, model, tmp_path, evals
 
 
-def run_all(model_dir, spec, tmp, groups=((0, 2), (2, 3)), name="run"):
+def run_all(model_dir, spec, tmp, groups=((0, 2), (2, 3)), name="run", log=lambda s: None):
     carry = tmp / "x0.pt"
     weights = []
     for g, (a, b) in enumerate(groups):
         out = tmp / name
-        prune_group(model_dir, spec, range(a, b), carry, out / f"{g}.safetensors", out / f"{g}.json", out / f"{g}.carry.pt", log=lambda s: None)
+        prune_group(model_dir, spec, range(a, b), carry, out / f"{g}.blocks", out / f"{g}.json", out / f"{g}.carry.pt", log=log)
         carry = out / f"{g}.carry.pt"
-        weights.append(out / f"{g}.safetensors")
+        weights.append(out / f"{g}.blocks")
     assemble(model_dir, weights, tmp / name / "model", {"spec": spec.to_dict()})
     return tmp / name / "model"
 
@@ -124,11 +124,17 @@ def test_resume_after_kill_is_bit_identical(setup, monkeypatch):
     monkeypatch.setattr(runs, "run_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")
-    progress = tmp / "resumed" / "0.carry.pt.progress" / "window.pt"
-    assert progress.exists()
+    partial = tmp / "resumed" / "0.blocks.partial"
+    assert sorted(p.name for p in partial.glob("block_*")) == [
+        "block_0000.json", "block_0000.safetensors", "block_0001.json", "block_0001.safetensors"]
+    assert not list(partial.glob("*.pt"))  # no stream snapshots: a resume replays the finished blocks
     monkeypatch.setattr(runs, "run_step", real_step)
-    resumed = run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed")
-    assert not progress.exists()
+    logged = []
+    resumed = run_all(model_dir, spec, tmp, groups=((0, 3),), name="resumed", log=logged.append)
+    assert any("resuming at block 2" in line for line in logged), logged
+    assert calls["n"] == 3  # only block 2 was pruned again
+    assert not partial.exists() and (tmp / "resumed" / "0.blocks").is_dir()
+    assert torch.load(tmp / "resumed" / "0.carry.pt", weights_only=True) == {"final": True}
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name

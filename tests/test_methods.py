@@ -132,3 +132,59 @@ def test_lowest_k_mask_is_exact_with_ties():
     assert int(mask.sum()) == 4
     assert mask[0, 0] and mask[1, 0]
     assert torch.equal(lowest_k_mask(scores, 0), torch.zeros_like(mask))
+
+
+def test_shared_hessian_gives_the_same_weights_as_separate_ones():
+    """q/k/v read one input: one shared Hessian and inverse factor must equal three separate ones."""
+    from icp.methods import make_pruners
+
+    layers, x = {}, None
+    for i, name in enumerate(["q", "k", "v", "o"]):
+        layer, x_i = layer_and_inputs(seed=i)
+        layers[name] = layer
+        x = x_i if x is None else x
+    separate = {name: nn.Linear(64, 48, bias=False) for name in layers}
+    for name in layers:
+        separate[name].weight.data = layers[name].weight.data.clone()
+    shared = make_pruners("sparsegpt", layers, shared_inputs=[("q", "k", "v")])
+    alone = make_pruners("sparsegpt", separate)
+    assert shared["k"].hessian is shared["q"].hessian and shared["o"].hessian is not shared["q"].hessian
+    assert alone["k"].hessian is not alone["q"].hessian
+    for pruners in (shared, alone):
+        for chunk in x.split(128):
+            for pruner in pruners.values():
+                pruner.add_batch(chunk.unsqueeze(0))
+    assert shared["q"].hessian.tokens == x.shape[0] and shared["k"].hessian.tokens == x.shape[0]
+    for name in layers:
+        pattern = Pattern(n=2, m=4, wbits=4) if name == "v" else Pattern(sparsity=0.6)
+        shared[name].prune(pattern)
+        alone[name].prune(pattern)
+        assert torch.equal(layers[name].weight.data, separate[name].weight.data), name
+    assert shared["q"].hessian.matrix is None and shared["q"].hessian._factor is None  # freed after the last
+
+
+def test_sparsegpt_kernel_option_is_checked():
+    layer, _ = layer_and_inputs()
+    with pytest.raises(ValueError, match="kernel"):
+        make_pruner("sparsegpt", layer, {"kernel": "cuda-magic"})
+    pruner = make_pruner("sparsegpt", layer, {"kernel": "triton"})
+    pruner.add_batch(torch.randn(1, 16, 64))
+    with pytest.raises(ValueError, match="CUDA"):  # the fused sweep is never silently used on the CPU
+        pruner.prune(Pattern(sparsity=0.5))
+
+
+def test_fused_sweep_equals_plain_sweep_under_triton_interpreter():
+    """The Triton SparseGPT sweep, run by Triton's CPU interpreter, against the plain torch sweep:
+    unstructured, 2:4, 4:8, int4 and int3 on random blocks (the GPU run is benchmarks/gpu_checks.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    script = Path(__file__).parent / "scripts" / "sweep_kernel_check.py"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 6 and all('"ok": true' in line for line in lines)

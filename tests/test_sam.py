@@ -191,7 +191,7 @@ def test_every_method_prunes_a_tiny_sam(sam_assets, tmp_path, method, pattern, s
     carry_in = tmp_path / "calib.pt"
     torch.save({"error": block0_inputs(model, adapter_for("sam_vit"), images)}, carry_in)
     out = tmp_path / "steps"
-    prune_group(sam_assets["dense"], spec, range(0, 3), carry_in, out / "w.safetensors", out / "r.json", out / "c.pt",
+    prune_group(sam_assets["dense"], spec, range(0, 3), carry_in, out / "blocks", out / "r.json", out / "c.pt",
                 batch_size=2, log=lambda m: None)
     records = json.loads((out / "r.json").read_text())
     assert len(records) == 3 and all("output_rel_mse" in r for r in records)
@@ -200,7 +200,7 @@ def test_every_method_prunes_a_tiny_sam(sam_assets, tmp_path, method, pattern, s
         if pattern == "unstructured":  # beta: the fused qkv is pruned less than mlp.lin2
             layers = records[0]["layers"]
             assert layers["attn.qkv"]["sparsity"] < layers["mlp.lin2"]["sparsity"]
-    assemble(sam_assets["dense"], [out / "w.safetensors"], tmp_path / "model", {"spec": spec.to_dict()})
+    assemble(sam_assets["dense"], [out / "blocks"], tmp_path / "model", {"spec": spec.to_dict()})
     checks = verify_pruned(tmp_path / "model", spec.to_dict())
     assert checks["layers"] == 12
     pruned, _ = load_model(str(tmp_path / "model"))

@@ -74,7 +74,7 @@ def test_scancel_mid_run_then_rerun_gives_identical_results(slurm, tmp_path):
     killed.mkdir()
     config = small_config(clean)
     config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["icp"], "sparsities": [0.5], "corpora": ["heldout"]}}
-    config["engine"].update(blocks_per_step=3, progress_seconds=0)  # one job walks all blocks, saving each
+    config["engine"].update(blocks_per_step="all")  # one job walks all blocks, saving each as it finishes
     config["methods"]["icp"]["compensation"]["epochs"] = 300  # seconds per block: time to cancel mid-job
     write_config(clean, config)
     for item in ("models", "text"):
@@ -89,7 +89,7 @@ def test_scancel_mid_run_then_rerun_gives_identical_results(slurm, tmp_path):
     cancelled = None
     deadline = time.time() + 600
     while time.time() < deadline and cancelled is None and proc.poll() is None:
-        done_first = list(killed.glob("results/tiny-llama/runs/icp-*/steps/000.carry.pt.progress/block_0000.pt"))
+        done_first = list(killed.glob("results/tiny-llama/runs/icp-*/steps/000.blocks.partial/block_0000.json"))
         queue = subprocess.run(["squeue", "-h", "-o", "%i %t %k"], capture_output=True, text=True).stdout.splitlines()
         running = [line.split()[0] for line in queue if " R rule_prune_step" in line]
         if done_first and running:

@@ -6,6 +6,7 @@ calibration batch (only when `needs_inputs`), then `prune` once; `prune` rewrite
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,13 @@ class LayerPruner:
     def __init__(self, layer: nn.Linear) -> None:
         self.layer = layer
         self.rows, self.columns = layer.weight.shape
+
+    @classmethod
+    def for_layers(cls, layers: dict[str, nn.Linear], shared_inputs: Iterable[Iterable[str]] = (),
+                   **options) -> dict[str, "LayerPruner"]:
+        """One pruner per linear of a block. `shared_inputs` names groups of linears that read the
+        same input (q/k/v, gate/up); a method may share its statistics across a group."""
+        return {name: cls(layer, **options) for name, layer in layers.items()}
 
     def add_batch(self, inputs: torch.Tensor) -> None:  # pragma: no cover - overridden when used
         raise NotImplementedError

@@ -44,6 +44,32 @@ def _trainable(block: nn.Module, adapter: Any, which: str) -> list[nn.Parameter]
     return list(block.parameters())
 
 
+class _PinnedStaging:
+    """Batches of rows of a host-memory tensor for the accelerator: gathered into one of two pinned
+    buffers (alternating) and copied without blocking, so the host gathers batch k+1 while the
+    device trains on batch k. A buffer is refilled only after its previous copy has finished."""
+
+    def __init__(self, source: torch.Tensor, device: torch.device) -> None:
+        self.source, self.device = source, device
+        self.slots: list[tuple[torch.Tensor, torch.cuda.Event] | None] = [None, None]
+        self.turn = 0
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        slot = self.slots[self.turn]
+        if slot is not None and slot[0].shape[0] == len(index):
+            buffer, copied = slot
+            copied.synchronize()
+        else:
+            buffer = torch.empty((len(index), *self.source.shape[1:]), dtype=self.source.dtype, pin_memory=True)
+        torch.index_select(self.source, 0, index, out=buffer)
+        on_device = buffer.to(self.device, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        self.slots[self.turn] = (buffer, copied)
+        self.turn ^= 1
+        return on_device
+
+
 def compensate(
     block: nn.Module,
     adapter: Any,
@@ -67,10 +93,14 @@ def compensate(
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + seed_offset)
     device = next(block.parameters()).device  # the streams may live in host memory
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + seed_offset)
     use_amp = settings.amp and device.type == "cuda"
+    staged = inputs.device.type == "cpu" and device.type == "cuda"
+    if staged:
+        input_batches, target_batches = _PinnedStaging(inputs, device), _PinnedStaging(targets, device)
     samples = inputs.shape[0]
     epoch_losses = []
     for _epoch in range(settings.epochs):
@@ -79,8 +109,10 @@ def compensate(
         steps = 0
         for start in range(0, samples, settings.batch_size):
             index = order[start : start + settings.batch_size]
-            x = inputs[index].to(device, non_blocking=True).float()
-            y = targets[index].to(device, non_blocking=True).float()
+            if staged:
+                x, y = input_batches.batch(index).float(), target_batches.batch(index).float()
+            else:
+                x, y = inputs[index].to(device).float(), targets[index].to(device).float()
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
                 out = adapter.run_block(block, x, block_kwargs)
             loss = F.mse_loss(out.float(), y)

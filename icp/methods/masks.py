@@ -15,7 +15,10 @@ def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     flat = scores.flatten()
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    threshold = flat.kthvalue(k).values  # faster than topk for large k
+    if flat.is_cuda:  # CUDA's kthvalue selects in one thread block: a sort is far faster, same value
+        threshold = torch.sort(flat).values[k - 1]
+    else:
+        threshold = flat.kthvalue(k).values  # faster than topk for large k
     mask = flat < threshold
     missing = k - int(mask.sum())
     if missing > 0:  # ties at the threshold: take the first ones, so exactly k are removed

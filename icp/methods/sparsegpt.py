@@ -3,89 +3,201 @@
 Columns are swept left to right in blocks; inside a block the mask is chosen from
 w^2 / [H^-1]_jj^2, each removed (and, with `wbits`, each quantized) weight's error is
 spread over the not-yet-visited columns through the Cholesky factor of H^-1.
+
+Linears that read the same input (q/k/v; gate/up) share one `InputHessian` and one inverse
+factor. The in-block sweep has two implementations with one contract: `sweep_columns` below (plain
+torch: the statement of the algorithm and the CPU path) and a fused Triton kernel
+(`kernels.obs_sweep`), used on CUDA unless `kernel="torch"`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import cache
 
 import torch
 from torch import nn
 
 from .base import LayerPruner, PruneResult
+from .kernels import triton_available
 from .masks import lowest_k_mask, nm_mask, prune_count
 from .pattern import Pattern
 from .quant import ChannelGrid
 
+KERNELS = ("auto", "triton", "torch")
 
-class SparseGPTPruner(LayerPruner):
-    def __init__(self, layer: nn.Linear, blocksize: int = 128, percdamp: float = 0.01) -> None:
-        super().__init__(layer)
-        self.blocksize = blocksize
-        self.percdamp = percdamp
-        self.hessian = torch.zeros(self.columns, self.columns, device=layer.weight.device, dtype=torch.float32)
+
+@cache
+def _half_gemm_into_fp32() -> bool:
+    """Whether this torch multiplies fp16/bf16 matrices into an fp32 result (`out_dtype`, CUDA)."""
+    try:
+        a = torch.ones(16, 16, device="cuda", dtype=torch.float16)
+        out = torch.zeros(16, 16, device="cuda", dtype=torch.float32)
+        torch.addmm(out, a, a, out_dtype=torch.float32, out=out)
+        return bool(out[0, 0] == 16)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+class InputHessian:
+    """H = (2 / n) * sum over the n tokens seen of x x^T, for the linears that read input x.
+
+    On CUDA with half-precision inputs the products run on the tensor cores with fp32
+    accumulation and an fp32 result (no fp32 copy of the activations); otherwise the inputs are
+    upcast to fp32 first, as the reference implementation does.
+    """
+
+    def __init__(self, columns: int, device: torch.device | str) -> None:
+        self.columns = columns
+        self.matrix: torch.Tensor | None = torch.zeros(columns, columns, device=device, dtype=torch.float32)
         self.tokens = 0
+        self.users = 0  # pruners still to solve with it; the factor is dropped after the last
+        self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def add_batch(self, inputs: torch.Tensor) -> None:
-        x = inputs.reshape(-1, self.columns).float()
+        x = inputs.reshape(-1, self.columns)
         new = x.shape[0]
-        # running mean of 2 x x^T over all tokens seen so far
-        self.hessian *= self.tokens / (self.tokens + new)
-        self.tokens += new
-        x = x * (2.0 / self.tokens) ** 0.5
-        self.hessian.addmm_(x.t(), x)
+        total = self.tokens + new
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and _half_gemm_into_fp32():
+            torch.addmm(self.matrix, x.t(), x, beta=self.tokens / total, alpha=2.0 / total,
+                        out_dtype=torch.float32, out=self.matrix)
+        else:  # running mean of 2 x x^T over all tokens seen so far
+            self.matrix *= self.tokens / total
+            x = x.float() * (2.0 / total) ** 0.5
+            self.matrix.addmm_(x.t(), x)
+        self.tokens = total
 
-    def _inverse_hessian_factor(self, weight: torch.Tensor) -> torch.Tensor:
-        """Upper Cholesky factor of the dampened inverse Hessian; zeroes columns never activated."""
-        hessian = self.hessian
-        self.hessian = None
-        dead = torch.diag(hessian) == 0
-        hessian[dead, dead] = 1.0
-        weight[:, dead] = 0.0
-        diagonal = torch.arange(self.columns, device=hessian.device)
-        hessian[diagonal, diagonal] += self.percdamp * torch.mean(torch.diag(hessian))
-        factor = torch.linalg.cholesky(hessian)
-        inverse = torch.cholesky_inverse(factor)
-        return torch.linalg.cholesky(inverse, upper=True)
+    def inverse_factor(self, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(upper Cholesky factor of the dampened H^-1, mask of columns never activated).
+
+        Computed once; later callers (the other linears of the group) get the same factor."""
+        if self._factor is None:
+            hessian, self.matrix = self.matrix, None
+            dead = torch.diag(hessian) == 0
+            hessian[dead, dead] = 1.0
+            diagonal = torch.arange(self.columns, device=hessian.device)
+            hessian[diagonal, diagonal] += percdamp * torch.mean(torch.diag(hessian))
+            factor = torch.linalg.cholesky(hessian)
+            del hessian
+            inverse = torch.cholesky_inverse(factor)
+            del factor
+            self._factor = (torch.linalg.cholesky(inverse, upper=True).contiguous(), dead)  # row-major: rows are read
+        return self._factor
+
+    def done(self) -> None:
+        """One user has finished; after the last, the memory goes."""
+        self.users -= 1
+        if self.users <= 0:
+            self.matrix = None
+            self._factor = None
+
+
+def sweep_columns(
+    block: torch.Tensor,
+    hinv_block: torch.Tensor,
+    prune_mask: torch.Tensor | None,
+    n: int = 0,
+    m: int = 0,
+    grid: ChannelGrid | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OBS sweep over one column block: (final values, errors / d, prune mask).
+
+    `prune_mask` is the block's unstructured mask, or None with N:M: each group of m columns is then
+    chosen when the sweep reaches it, from the weights as updated so far. `block` is not modified.
+    """
+    block = block.clone()
+    result = torch.zeros_like(block)
+    errors = torch.zeros_like(block)
+    hinv_diag = torch.diag(hinv_block)
+    block_mask = torch.zeros_like(block, dtype=torch.bool) if prune_mask is None else prune_mask
+    for i in range(block.shape[1]):
+        if m and i % m == 0:
+            group = slice(i, i + m)
+            scores = block[:, group].pow(2) / hinv_diag[group].unsqueeze(0).pow(2)
+            block_mask[:, group] = nm_mask(scores, n, m)
+        column = block[:, i]
+        kept = column.masked_fill(block_mask[:, i], 0.0)
+        if grid is not None:
+            kept = grid.quantize(kept)
+        result[:, i] = kept
+        error = (column - kept) / hinv_block[i, i]
+        block[:, i:] -= error.unsqueeze(1) * hinv_block[i, i:].unsqueeze(0)
+        errors[:, i] = error
+    return result, errors, block_mask
+
+
+class SparseGPTPruner(LayerPruner):
+    """`kernel`: "auto" (the Triton sweep on CUDA when Triton imports, else torch), "triton" or "torch"."""
+
+    def __init__(self, layer: nn.Linear, blocksize: int = 128, percdamp: float = 0.01, kernel: str = "auto",
+                 hessian: InputHessian | None = None) -> None:
+        super().__init__(layer)
+        if kernel not in KERNELS:
+            raise ValueError(f"SparseGPT kernel must be one of {KERNELS}, got {kernel!r}")
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+        self.kernel = kernel
+        self.feeds_hessian = hessian is None  # a shared Hessian is fed by the group's first linear
+        self.hessian = hessian if hessian is not None else InputHessian(self.columns, layer.weight.device)
+        self.hessian.users += 1
+
+    @classmethod
+    def for_layers(cls, layers: dict[str, nn.Linear], shared_inputs: Iterable[Iterable[str]] = (),
+                   **options) -> dict[str, "SparseGPTPruner"]:
+        """Pruners for a block's linears; those in one `shared_inputs` group share one Hessian."""
+        pruners: dict[str, SparseGPTPruner] = {}
+        for group in shared_inputs:
+            names = [name for name in group if name in layers]
+            if not names:
+                continue
+            first = pruners[names[0]] = cls(layers[names[0]], **options)
+            for name in names[1:]:
+                pruners[name] = cls(layers[name], **options, hessian=first.hessian)
+        for name, layer in layers.items():
+            if name not in pruners:
+                pruners[name] = cls(layer, **options)
+        return {name: pruners[name] for name in layers}
+
+    def add_batch(self, inputs: torch.Tensor) -> None:
+        if self.feeds_hessian:
+            self.hessian.add_batch(inputs)
+
+    def use_triton(self, weight: torch.Tensor, pattern: Pattern) -> bool:
+        fits = not pattern.is_nm or self.blocksize % pattern.m == 0
+        if self.kernel == "triton":
+            if not (weight.is_cuda and triton_available() and fits):
+                raise ValueError("SparseGPT kernel 'triton' needs a CUDA device, Triton, and a blocksize "
+                                 "that holds whole N:M groups")
+            return True
+        return self.kernel == "auto" and weight.is_cuda and triton_available() and fits
 
     @torch.no_grad()
     def prune(self, pattern: Pattern) -> PruneResult:
         self._check(pattern)
         dtype = self.layer.weight.dtype
         weight = self.layer.weight.data.clone().float()
-        hinv = self._inverse_hessian_factor(weight)
+        hinv, dead = self.hessian.inverse_factor(self.percdamp)
+        weight[:, dead] = 0.0
         grid = ChannelGrid.fit(weight, pattern.wbits) if pattern.quantize else None
         mask = torch.zeros_like(weight, dtype=torch.bool)
+        if self.use_triton(weight, pattern):
+            from .kernels.obs_sweep import sweep_columns as sweep
+        else:
+            sweep = sweep_columns
 
         for start in range(0, self.columns, self.blocksize):
             end = min(start + self.blocksize, self.columns)
-            block = weight[:, start:end].clone()
-            result = torch.zeros_like(block)
-            errors = torch.zeros_like(block)
+            block = weight[:, start:end]
             hinv_block = hinv[start:end, start:end]
-            hinv_diag = torch.diag(hinv_block)
-
-            if pattern.is_nm:
-                block_mask = torch.zeros_like(block, dtype=torch.bool)
-            else:
-                scores = block.pow(2) / hinv_diag.unsqueeze(0).pow(2)
+            block_mask = None
+            if not pattern.is_nm:
+                scores = block.pow(2) / torch.diag(hinv_block).unsqueeze(0).pow(2)
                 block_mask = lowest_k_mask(scores, prune_count(block.numel(), pattern.sparsity))
-
-            for i in range(end - start):
-                if pattern.is_nm and i % pattern.m == 0:
-                    group = slice(i, i + pattern.m)
-                    scores = block[:, group].pow(2) / hinv_diag[group].unsqueeze(0).pow(2)
-                    block_mask[:, group] = nm_mask(scores, pattern.n, pattern.m)
-                column = block[:, i]
-                kept = column.masked_fill(block_mask[:, i], 0.0)
-                if grid is not None:
-                    kept = grid.quantize(kept)
-                result[:, i] = kept
-                error = (column - kept) / hinv_block[i, i]
-                block[:, i:] -= error.unsqueeze(1) * hinv_block[i, i:].unsqueeze(0)
-                errors[:, i] = error
-
+            result, errors, block_mask = sweep(block, hinv_block, block_mask, pattern.n, pattern.m, grid)
             weight[:, start:end] = result
             mask[:, start:end] = block_mask
             weight[:, end:] -= errors @ hinv[start:end, end:]
 
+        self.hessian.done()
         self.layer.weight.data = weight.to(dtype)
         return PruneResult(mask=mask, grid=grid)

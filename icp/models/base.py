@@ -23,6 +23,8 @@ class FamilyAdapter(ABC):
     model_type: ClassVar[str]
     # linear name inside a block -> role (one of ROLES)
     linear_roles: ClassVar[dict[str, str]]
+    # groups of linears that read the same input tensor (methods may share statistics across one)
+    shared_inputs: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
     @abstractmethod
     def blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -67,7 +69,13 @@ class FamilyAdapter(ABC):
         return self.linear_roles[name]
 
 
-def causal_mask(seqlen: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Additive [1, 1, T, T] mask: 0 on and below the diagonal, the dtype's minimum above it."""
+def causal_mask(seqlen: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """The `attention_mask` a causal block is called with.
+
+    On CUDA: None, so SDPA takes its causal flag and runs flash attention instead of reading a
+    T x T mask. Elsewhere: an additive [1, 1, T, T] mask, 0 on and below the diagonal, the dtype's
+    minimum above it (the CPU path, whose results are recorded and reproduced bit for bit)."""
+    if torch.device(device).type == "cuda":
+        return None
     mask = torch.full((seqlen, seqlen), torch.finfo(dtype).min, device=device, dtype=dtype)
     return torch.triu(mask, diagonal=1)[None, None]

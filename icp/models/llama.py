@@ -22,6 +22,7 @@ class LlamaAdapter(FamilyAdapter):
         "mlp.up_proj": "fc1",
         "mlp.down_proj": "fc2",
     }
+    shared_inputs = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.model.layers

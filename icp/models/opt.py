@@ -21,6 +21,7 @@ class OPTAdapter(FamilyAdapter):
         "fc1": "fc1",
         "fc2": "fc2",
     }
+    shared_inputs = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.model.decoder.layers

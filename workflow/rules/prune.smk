@@ -1,5 +1,7 @@
-# Stage 3: per-block prune/compensate steps, each starting from the window state the previous
-# step left (a temp file, so intermediate activations never pile up), then assembly.
+# Stage 3: prune/compensate steps over groups of blocks (engine.blocks_per_step; "all": one job per
+# run), each starting from the window state the previous group left (a temp file, so intermediate
+# activations never pile up), then assembly. A step writes each finished block once, into its
+# output directory, as it finishes: that is also where a killed step resumes.
 
 
 rule prune_step:
@@ -7,18 +9,17 @@ rule prune_step:
         dense=rules.export_dense.output.weights,
         carry=carry_in,
     output:
-        weights="results/{model}/runs/{run}/steps/{group}.safetensors",
+        blocks=directory("results/{model}/runs/{run}/steps/{group}.blocks"),
         record="results/{model}/runs/{run}/steps/{group}.json",
         carry=temp("results/{model}/runs/{run}/steps/{group}.carry.pt"),
     params:
         icp=ICP_CLI,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
-        first=lambda wc: int(wc.group) * config["engine"]["blocks_per_step"],
-        last=lambda wc: (int(wc.group) + 1) * config["engine"]["blocks_per_step"],
+        first=lambda wc: step_groups(wc.model)[int(wc.group)].start,
+        last=lambda wc: step_groups(wc.model)[int(wc.group)].stop,
         batch=config["engine"].get("batch_size", 8),
         device=DEVICE,
         offload="--offload-streams" if config["engine"].get("offload_streams") else "",
-        progress=config["engine"].get("progress_seconds", 0),
     conda:
         "../envs/icp.yaml"
     log:
@@ -31,15 +32,15 @@ rule prune_step:
         runtime=lambda wc: config["models"][wc.model].get("step_minutes", 60),
     shell:
         "{params.icp} prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
-        "--first {params.first} --last {params.last} --carry-in {input.carry} --weights {output.weights} "
+        "--first {params.first} --last {params.last} --carry-in {input.carry} --blocks {output.blocks} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
-        "--batch-size {params.batch} --progress-seconds {params.progress} {params.offload} > {log} 2>&1"
+        "--batch-size {params.batch} {params.offload} > {log} 2>&1"
 
 
 rule assemble_model:
     input:
         dense=rules.export_dense.output.weights,
-        weights=lambda wc: step_files(wc, "safetensors"),
+        blocks=lambda wc: step_files(wc, "blocks"),
         records=lambda wc: step_files(wc, "json"),
     output:
         weights="results/{model}/runs/{run}/model/model.safetensors",
@@ -53,5 +54,5 @@ rule assemble_model:
         "results/{model}/logs/runs/{run}/assemble.log",
     shell:
         "{params.icp} assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
-        "--weights {input.weights} --records {input.records} "
+        "--blocks {input.blocks} --records {input.records} "
         "--out-dir results/{wildcards.model}/runs/{wildcards.run}/model > {log} 2>&1"

@@ -1,0 +1,117 @@
+"""What the workflow adds to the pruning engine's own time.
+
+One ICP run (alpha 0.8, beta 0.9, one epoch, 50 %) on a randomly initialised OPT-6.7B-shaped
+checkpoint (a local directory as the model source; weights do not change the cost) with 128 x 2048
+calibration tokens, pruned through Snakemake with config/paper.yaml's engine settings (one job per
+run, streams offloaded to host memory), against the time the engine itself reports for the same
+blocks (the sum of the per-block times in the step's record). The difference is the job's tax:
+process start, reading the block-0 inputs, writing the pruned blocks, Snakemake's own work.
+
+    python benchmarks/workflow_overhead.py --work /tmp/overhead --out benchmarks/results --tag h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+WORDS = ("the of and a to in is was for on as with by he at from his an were are which this be or had not "
+         "river city king house music war school water church team year film game album song station "
+         "village series party island player battle county family language bridge museum").split()
+
+
+def write_random_opt(model_dir: Path, text: str, layers: int) -> None:
+    """An OPT-6.7B-shaped fp16 checkpoint with random weights and a small byte-level BPE tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import OPTConfig, OPTForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([text], trainers.BpeTrainer(vocab_size=2000, special_tokens=["</s>"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="</s>")
+    config = OPTConfig(hidden_size=4096, ffn_dim=16384, num_hidden_layers=layers, num_attention_heads=32,
+                       max_position_embeddings=2048, word_embed_proj_dim=4096, vocab_size=50272, dtype="float16")
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = OPTForCausalLM(config).half()
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", default="/tmp/icp-overhead")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="gpu")
+    parser.add_argument("--layers", type=int, default=32)
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    text_file = work / "text.txt"
+    if not text_file.exists():
+        text_file.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(300)) + "." for _ in range(3000)))
+    model_dir = work / "opt-6.7b-random"
+    started = time.perf_counter()
+    if not (model_dir / "config.json").exists():
+        write_random_opt(model_dir, text_file.read_text(), args.layers)
+    print(f"random checkpoint ready in {time.perf_counter() - started:.0f} s", flush=True)
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config = {
+        "device": "cuda",
+        "models": {"opt-6.7b-random": {"source": str(model_dir), "dtype": "float16", "label": "OPT-6.7B (random)"}},
+        "corpora": {"text": {"source": "files", "paths": [str(text_file)], "label": "Text"}},
+        "calibration": {"corpus": "text", "nsamples": 128, "seqlen": 2048, "seed": 0, "sampler": "stream"},
+        "engine": paper["engine"],
+        "methods": {"icp": paper["methods"]["icp"]},
+        "perplexity": {"seqlen": 2048, "max_windows": 4},
+        "zeroshot": {"offline": True, "tasks": {"unused": {"metric": "acc"}}},  # required; no table asks for it
+        "tables": {"table1": {"models": ["opt-6.7b-random"], "methods": ["icp"], "sparsities": [0.5], "corpora": ["text"]}},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    from icp.experiments import all_experiments
+
+    run = next(run for (model, run), exp in all_experiments(config).items() if exp.spec is not None)
+    target = f"results/opt-6.7b-random/runs/{run}/steps/000.json"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--profile",
+           str(REPO / "profiles" / "gpu"), "--resources", "gpu=1", target, "--configfile", str(work / "config.yaml")]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    print(done.stdout[-3000:], done.stderr[-3000:], flush=True)
+    done.check_returncode()
+    print(f"snakemake done in {time.perf_counter() - started:.0f} s", flush=True)
+
+    records = json.loads((work / target).read_text())
+    engine_s = sum(r["seconds"] for r in records)
+    with open(work / f"results/opt-6.7b-random/benchmarks/runs/{run}/step-000.tsv") as f:
+        job_s = float(next(csv.DictReader(f, delimiter="\t"))["s"])
+    log = (work / f"results/opt-6.7b-random/logs/runs/{run}/step-000.log").read_text()
+    row = {"run": run, "blocks": len(records), "engine_s": engine_s, "job_s": job_s, "ratio": job_s / engine_s,
+           "peak_gpu_gib": records[0].get("peak_gpu_gib"), "gpu": torch.cuda.get_device_name(),
+           "engine": paper["engine"], "log_tail": log.splitlines()[-4:]}
+    first = re.search(r"\[icp (\d\d:\d\d:\d\d)\]", log)
+    row["first_log_line"] = first.group(1) if first else None
+    print(json.dumps(row, indent=1), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"workflow_overhead_{args.tag}.json").write_text(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
