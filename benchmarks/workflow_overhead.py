@@ -89,8 +89,8 @@ def main() -> None:
 
     run = next(run for (model, run), exp in all_experiments(config).items() if exp.spec is not None)
     target = f"results/opt-6.7b-random/runs/{run}/steps/000.json"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--profile",
-           str(REPO / "profiles" / "gpu"), "--resources", "gpu=1", target, "--configfile", str(work / "config.yaml")]
+    cmd = [sys.executable, "-m", "snakemake", target, "-s", str(REPO / "Snakefile"), "-d", str(work), "--profile",
+           str(REPO / "profiles" / "gpu"), "--resources", "gpu=1", "--configfile", str(work / "config.yaml")]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     print(done.stdout[-3000:], done.stderr[-3000:], flush=True)

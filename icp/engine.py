@@ -44,12 +44,16 @@ class Streams:
     dense_ahead: bool = False
 
     def pinned(self) -> "Streams":
-        return Streams(self.error.pin_memory(), None if self.dense is None else self.dense.pin_memory(), self.dense_ahead)
+        error = self.error.pin_memory()
+        if self.dense is None or self.dense is self.error:  # at block 0 both streams are one tensor
+            return Streams(error, None if self.dense is None else error, self.dense_ahead)
+        return Streams(error, self.dense.pin_memory(), self.dense_ahead)
 
     def to(self, device: torch.device | str) -> "Streams":
-        return Streams(
-            self.error.to(device), None if self.dense is None else self.dense.to(device), self.dense_ahead
-        )
+        error = self.error.to(device)
+        if self.dense is None or self.dense is self.error:  # one copy when both streams are one tensor
+            return Streams(error, None if self.dense is None else error, self.dense_ahead)
+        return Streams(error, self.dense.to(device), self.dense_ahead)
 
 
 @dataclass

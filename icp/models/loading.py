@@ -15,14 +15,20 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from .sam import MODEL_TYPE as SAM_MODEL_TYPE
 from .sam import SamConfig, export_sam, load_sam
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+# transformers' Auto* classes are imported where used: AutoModelForCausalLM alone pulls in the
+# generation stack (several seconds of start-up that a pruning job, which builds single blocks,
+# never needs).
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -81,6 +87,8 @@ def load_model(source: str, dtype: str = "float32"):
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if saved_model_type(source) == SAM_MODEL_TYPE:
         return load_sam(source, DTYPES[dtype]), None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     src = resolve_source(source)
     extra: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(src.location, **extra)
@@ -94,6 +102,8 @@ def load_model(source: str, dtype: str = "float32"):
 def load_config(checkpoint_dir: str | Path) -> PretrainedConfig | SamConfig:
     if saved_model_type(checkpoint_dir) == SAM_MODEL_TYPE:
         return SamConfig.from_json(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
     config._attn_implementation = "sdpa"
     return config
@@ -150,6 +160,8 @@ def export_dense(source: str, out_dir: str | Path, dtype: str = "float32", varia
     if is_sam_source(source):
         export_sam(source, out_dir, variant, arch, DTYPES[dtype])
         return
+    from transformers import AutoModelForCausalLM
+
     model, tokenizer = load_model(source, dtype)
     if getattr(model, "hf_quantizer", None) is not None or hasattr(model.config, "quantization_config"):
         config = model.config

@@ -7,6 +7,7 @@
 rule prune_step:
     input:
         dense=rules.export_dense.output.weights,
+        dense_config=rules.export_dense.output.config,  # the block groups (params) are read from it
         carry=carry_in,
     output:
         blocks=directory("results/{model}/runs/{run}/steps/{group}.blocks"),
