@@ -82,6 +82,10 @@ def zeroshot_key(config: dict[str, Any]) -> str:
     return short_hash(config["zeroshot"])
 
 
+# method options that choose how, not what: the SparseGPT sweep's kernel gives the same weights
+RESULT_NEUTRAL_OPTIONS = ("kernel",)
+
+
 def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float | None, wbits: int) -> RunSpec:
     settings = dict(config["methods"].get(method) or {})
     if method == "icp":
@@ -103,8 +107,10 @@ def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sp
     if method == "dense":
         return Experiment(model, "dense", None)
     spec = make_spec(config, method, pattern, sparsity, wbits)
+    hashed = spec.to_dict()
+    hashed["method_options"] = {k: v for k, v in hashed["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
     digest = short_hash({
-        "spec": spec.to_dict(),
+        "spec": hashed,
         "calibration": calibration_key(config, model),
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pandas as pd
+import yaml
 import pytest
 
 from workflow_helpers import REPO, planned_jobs, snakemake, tiny_workflow, write_config
@@ -170,3 +171,19 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     a = pd.read_csv(clean / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
     b = pd.read_csv(root / "results" / "results.csv").sort_values(["run", "dataset"]).value.tolist()
     assert a == b
+
+
+def test_block_groups_and_neutral_options_in_run_hashes():
+    from icp.experiments import all_experiments
+    from icp.runs import block_groups
+
+    assert block_groups(30, "all") == [range(0, 30)]
+    assert block_groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    runs = list(all_experiments(config))
+    forced = copy.deepcopy(config)
+    forced["methods"]["sparsegpt"]["kernel"] = "torch"  # how the sweep runs, not what it computes
+    assert list(all_experiments(forced)) == runs
+    changed = copy.deepcopy(config)
+    changed["methods"]["sparsegpt"]["blocksize"] = 64
+    assert list(all_experiments(changed)) != runs
