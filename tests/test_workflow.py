@@ -44,6 +44,21 @@ def test_tables_and_csv_agree(finished):
     assert set(zs.dataset) == {"wiki_description", "mean"}
     assert all(0 <= v <= 1 for v in zs.value)
     assert "2:4+int4" in md
+    # every accuracy cell carries lm-eval's standard error, kept in the CSV too
+    task = zs[zs.dataset == "wiki_description"]
+    assert (task.stderr > 0).all()
+    for value, stderr in zip(task.value, task.stderr):
+        assert f"{100 * value:.2f} ± {100 * stderr:.2f}" in md
+    assert "tokens (4 windows)" in md  # perplexity tables say what they cover
+
+
+def test_best_is_bold_only_beyond_the_combined_standard_error():
+    from icp.report.tables import rank_marks
+
+    assert rank_marks([(0.60, 0.02), (0.50, 0.02), None], higher_better=True) == ["best", "", ""]
+    # 0.55 vs 0.50 with se 0.05 each: the gap is under sqrt(2) * 0.05, a tie; 0.30 is out of it
+    assert rank_marks([(0.50, 0.05), (0.55, 0.05), (0.30, 0.05)], higher_better=True) == ["tied", "tied", ""]
+    assert rank_marks([(12.0, None), (10.0, None)], higher_better=False) == ["", "best"]  # perplexity: no errors
 
 
 def test_plots_are_drawn_from_the_results(finished):

@@ -1,12 +1,16 @@
 """results.csv and the six tables of the ICP paper's README, from the evaluation JSON files.
 
-Only cells the config asked for appear; the best value of each column (within a group of rows
-that compete) is bold: lowest perplexity, highest accuracy / IoU.
+Only cells the config asked for appear. Zero-shot cells show accuracy ± lm-eval's standard error.
+The best value of each column (within a group of rows that compete: lowest perplexity, highest
+accuracy / IoU) is bold; where standard errors exist, only when it beats the runner-up by more
+than their combined standard error, sqrt(se_1^2 + se_2^2). Otherwise the best and every value
+within that margin of it are marked tied (†).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +26,7 @@ TITLES = {
 }
 METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "icp": "ICP"}
 COLUMNS = ["model", "run", "method", "pattern", "sparsity", "wbits", "evaluation", "dataset", "metric", "value",
-           "count", "subset", "run_hash", "config_hash", "versions", "machine", "source"]
+           "stderr", "count", "tokens", "subset", "run_hash", "config_hash", "versions", "machine", "source"]
 
 
 def collect_results(paths: list[str]) -> pd.DataFrame:
@@ -37,17 +41,31 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
         if data["metric"] == "perplexity":
             subset = data["windows"] * data["seqlen"] < data["text_tokens"] - data["seqlen"]
             rows.append({**base, "evaluation": "perplexity", "dataset": data["corpus"], "metric": "perplexity",
-                         "value": data["value"], "count": data["windows"], "subset": subset})
+                         "value": data["value"], "count": data["windows"], "tokens": data["windows"] * data["seqlen"],
+                         "subset": subset})
         elif data["metric"] == "zeroshot":
+            errors = []
             for task, r in data["tasks"].items():
+                errors.append(_number(r.get("stderr")))
                 rows.append({**base, "evaluation": "zeroshot", "dataset": task, "metric": r["metric"],
-                             "value": r["value"], "count": r["n"], "subset": bool(data.get("limit"))})
+                             "value": r["value"], "stderr": errors[-1], "count": r["n"], "subset": bool(data.get("limit"))})
+            # the mean of independent task accuracies: se = sqrt(sum se_t^2) / tasks
+            mean_se = None if None in errors or not errors else math.sqrt(sum(e * e for e in errors)) / len(errors)
             rows.append({**base, "evaluation": "zeroshot", "dataset": "mean", "metric": "mean",
-                         "value": data["mean"], "count": None, "subset": bool(data.get("limit"))})
+                         "value": data["mean"], "stderr": mean_se, "count": None, "subset": bool(data.get("limit"))})
         elif data["metric"] == "iou":
             rows.append({**base, "evaluation": "iou", "dataset": data["dataset"], "metric": "iou",
                          "value": data["value"], "count": data["instances"], "subset": True})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _number(value: Any) -> float | None:
+    """lm-eval writes "N/A" where it has no standard error."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _setting(pattern: str, sparsity: float | None, wbits: int) -> str:
@@ -57,9 +75,12 @@ def _setting(pattern: str, sparsity: float | None, wbits: int) -> str:
     return name if wbits >= 16 else f"{name}+int{wbits}"
 
 
-def _fmt(value: float, bold: bool, percent: bool) -> str:
-    text = f"{100 * value:.2f}" if percent else f"{value:.2f}"
-    return f"**{text}**" if bold else text
+def _fmt(value: float, stderr: float | None, mark: str, percent: bool) -> str:
+    scale = 100 if percent else 1
+    text = f"{scale * value:.2f}"
+    if stderr is not None:
+        text += f" ± {scale * stderr:.2f}"
+    return f"**{text}**" if mark == "best" else text + " †" if mark == "tied" else text
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -68,30 +89,63 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _lookup(frame: pd.DataFrame, **where: Any) -> float | None:
+Cell = tuple[float, float | None]  # value, standard error
+
+
+def _lookup(frame: pd.DataFrame, **where: Any) -> Cell | None:
     sel = frame
     for key, value in where.items():
         if value is None:
             sel = sel[sel[key].isna()]
         else:
             sel = sel[sel[key] == value]
-    return None if sel.empty else float(sel["value"].iloc[0])
+    if sel.empty:
+        return None
+    stderr = sel["stderr"].iloc[0] if "stderr" in sel else None
+    return float(sel["value"].iloc[0]), _number(stderr)
+
+
+def rank_marks(cells: list[Cell | None], higher_better: bool) -> list[str]:
+    """'best' (bold), 'tied' or '' for each cell of one column of competing rows.
+
+    Without standard errors the best value is bold. With them, the best is bold only when it beats
+    the runner-up by more than their combined standard error; otherwise the best and every value
+    within that margin of it are tied."""
+    present = [(i, c) for i, c in enumerate(cells) if c is not None]
+    marks = [""] * len(cells)
+    if not present:
+        return marks
+    order = sorted(present, key=lambda ic: ic[1][0], reverse=higher_better)
+    best_index, (best, best_se) = order[0]
+    if len(order) == 1 or best_se is None or any(c[1] is None for _, c in order):
+        for i, (value, _) in present:
+            marks[i] = "best" if value == best else ""
+        return marks
+    runner_up, runner_se = order[1][1]
+    if abs(best - runner_up) > math.hypot(best_se, runner_se):
+        marks[best_index] = "best"
+        return marks
+    for i, (value, se) in order:
+        if abs(best - value) <= math.hypot(best_se, se):
+            marks[i] = "tied"
+    return marks
 
 
 def _grid(frame: pd.DataFrame, groups: list[tuple[str, list[tuple[str, dict[str, Any]]]]],
           columns: list[tuple[str, dict[str, Any]]], higher_better: bool, percent: bool,
           first_header: list[str]) -> str:
-    """Rows grouped (best per column is judged inside each group); each cell = one lookup."""
+    """Rows grouped (best per column is judged inside each group, Dense excluded); each cell = one lookup."""
     out_rows = []
     for group_name, members in groups:
-        values = [[_lookup(frame, **{**row_where, **col_where}) for _, col_where in columns] for _, row_where in members]
-        best = []
+        cells = [[_lookup(frame, **{**row_where, **col_where}) for _, col_where in columns] for _, row_where in members]
+        competing = [k for k, (label, _) in enumerate(members) if label != "Dense"]
+        marks = [[""] * len(columns) for _ in members]
         for j in range(len(columns)):
-            col = [v[j] for v, (label, _) in zip(values, members) if v[j] is not None and label != "Dense"]
-            best.append((max(col) if higher_better else min(col)) if col else None)
-        for (label, _), vals in zip(members, values):
-            cells = ["–" if v is None else _fmt(v, label != "Dense" and v == best[j], percent) for j, v in enumerate(vals)]
-            out_rows.append(([group_name] if group_name is not None else []) + [label] + cells)
+            for k, mark in zip(competing, rank_marks([cells[k][j] for k in competing], higher_better)):
+                marks[k][j] = mark
+        for k, (label, _) in enumerate(members):
+            row = ["–" if c is None else _fmt(c[0], c[1], marks[k][j], percent) for j, c in enumerate(cells[k])]
+            out_rows.append(([group_name] if group_name is not None else []) + [label] + row)
     return _markdown(first_header + [c for c, _ in columns], out_rows)
 
 
@@ -128,7 +182,7 @@ def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
             members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "wbits": 16}) for m in t["methods"]]
             dense = _lookup(cf, method="dense")
             grid = _grid(cf, [(None, members)], columns, False, False, ["Method"])
-            dense_line = f"Dense: {dense:.2f}" if dense is not None else ""
+            dense_line = f"Dense: {dense[0]:.2f}" if dense is not None else ""
             blocks.append(f"{title} — perplexity on {_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
         else:
             columns = [(_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
@@ -163,6 +217,27 @@ def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     return ["Single-point mIoU (%).\n\n" + _grid(iou, groups, columns, True, True, header)]
 
 
+def _perplexity_note(frame: pd.DataFrame, config: dict[str, Any]) -> str:
+    ppl = frame[frame["evaluation"] == "perplexity"].dropna(subset=["tokens"])
+    spans = []
+    for dataset, rows in ppl.groupby("dataset", sort=False):
+        tokens, windows = int(rows["tokens"].max()), int(rows["count"].max())
+        whole = "" if rows["subset"].any() else ", the whole text"
+        spans.append(f"{_label(config, 'corpora', dataset)}: {tokens:,} tokens ({windows} windows{whole})")
+    return f"_Perplexity over {'; '.join(spans)}._\n" if spans else ""
+
+
+def _zeroshot_note(frame: pd.DataFrame) -> str:
+    zs = frame[(frame["evaluation"] == "zeroshot") & (frame["dataset"] != "mean")]
+    items = sorted({int(n) for n in zs["count"].dropna()})
+    note = (f"_Accuracy ± lm-eval's standard error, over {', '.join(map(str, items))} items per task; the mean's "
+            "error treats tasks as independent. Bold: ahead of the runner-up by more than their combined "
+            "standard error. †: tied for best (within that margin of the best value)._\n")
+    if zs["subset"].any():
+        note += "_Zero-shot accuracy on a subset of each task (`zeroshot.limit`)._\n"
+    return note
+
+
 def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
     """`results/tables.md`: every table the config asks for, with its notes; others say why they are absent."""
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
@@ -184,12 +259,10 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
         else:
             blocks = _table_3_or_6(frame, config, key)
         parts.extend(b + "\n" for b in blocks)
-        subset = frame[(frame["subset"] == True)]  # noqa: E712
-        if key in ("table1", "table4") and not subset[subset["evaluation"] == "perplexity"].empty:
-            counts = sorted(set(int(c) for c in subset[subset["evaluation"] == "perplexity"]["count"]))
-            parts.append(f"_Perplexity over the first {', '.join(map(str, counts))} windows of each text, not the whole text._\n")
-        if key in ("table2", "table5") and not subset[subset["evaluation"] == "zeroshot"].empty:
-            parts.append("_Zero-shot accuracy on a subset of each task (`zeroshot.limit`)._\n")
+        if key in ("table1", "table4"):
+            parts.append(_perplexity_note(frame, config))
+        if key in ("table2", "table5"):
+            parts.append(_zeroshot_note(frame))
         if key in ("table3", "table6"):
             counts = frame[frame["evaluation"] == "iou"].groupby("dataset")["count"].max()
             if not counts.empty:

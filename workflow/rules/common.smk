@@ -43,7 +43,17 @@ wildcard_constraints:
 
 
 def uses_gpu():
-    return DEVICE.startswith("cuda") or DEVICE == "auto"
+    """Whether GPU-capable rules ask the scheduler for a GPU (resources gpu=1): always with
+    `device: cuda…`; with `auto`, only when the machine that plans the workflow sees one, so the
+    CPU-sized default sent to a CPU-only cluster asks for none (a cluster whose submit host has no
+    GPU but whose nodes do: set `device: cuda`)."""
+    if DEVICE.startswith("cuda"):
+        return True
+    if DEVICE == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
 
 
 def experiment(wc):
