@@ -15,7 +15,15 @@ PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_chall
 
 def evaluate_tasks(model_dir: str, settings: dict[str, Any], device: str, dtype: str = "float32",
                    task_dir: str | None = None) -> dict[str, Any]:
-    """Run lm-eval on a saved model; returns per-task {metric, value, n, version} and their mean."""
+    """Run lm-eval on a saved model; returns per-task {metric, value, stderr, n, version} and their mean."""
+    from ..models.loading import load_model
+
+    model, tokenizer = load_model(model_dir, dtype)
+    return evaluate_model(model, tokenizer, settings, device, task_dir)
+
+
+def evaluate_model(model, tokenizer, settings: dict[str, Any], device: str, task_dir: str | None = None) -> dict[str, Any]:
+    """`evaluate_tasks` on a model object already in memory."""
     if settings.get("offline", False):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,9 +31,6 @@ def evaluate_tasks(model_dir: str, settings: dict[str, Any], device: str, dtype:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from ..models.loading import load_model
-
-    model, tokenizer = load_model(model_dir, dtype)
     model.to(device)
     tasks: dict[str, dict[str, Any]] = {name: (cfg or {}) for name, cfg in settings["tasks"].items()}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(settings.get("batch_size", 8)), device=device)

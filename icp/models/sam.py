@@ -64,6 +64,20 @@ class SamConfig:
             raise ValueError(f"unknown SAM arch keys {sorted(unknown)}; known: {sorted(fields - {'model_type'})}")
         return cls(variant=variant, **{**VARIANTS[variant], **(overrides or {})})
 
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "SamConfig":
+        """The encoder's shape, read off a segment-anything `Sam` in memory (decoder fields: defaults)."""
+        encoder = model.image_encoder
+        blocks = list(encoder.blocks)
+        embed_dim = encoder.patch_embed.proj.out_channels
+        windows = [block.window_size for block in blocks]
+        return cls(
+            variant="custom", embed_dim=embed_dim, depth=len(blocks), num_heads=blocks[0].attn.num_heads,
+            global_attn_indexes=[i for i, w in enumerate(windows) if w == 0], image_size=encoder.img_size,
+            patch_size=encoder.patch_embed.proj.kernel_size[0], window_size=max(windows),
+            mlp_ratio=blocks[0].mlp.lin1.out_features / embed_dim,
+        )
+
     @property
     def num_hidden_layers(self) -> int:  # the name the workflow reads from every dense config.json
         return self.depth
