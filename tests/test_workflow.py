@@ -202,3 +202,19 @@ def test_block_groups_and_neutral_options_in_run_hashes():
     changed = copy.deepcopy(config)
     changed["methods"]["sparsegpt"]["blocksize"] = 64
     assert list(all_experiments(changed)) != runs
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "paper.yaml", "offline-gpu.yaml"])
+def test_shipped_configs_validate_and_expand(name):
+    """Every shipped config passes the schema and the cross-reference checks, and expands to runs."""
+    import jsonschema
+
+    from icp.experiments import all_experiments, check_config
+
+    config = yaml.safe_load((REPO / "config" / name).read_text())
+    jsonschema.validate(config, yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text()))
+    check_config(config)
+    runs = [run for (_, run), exp in all_experiments(config).items() if exp.spec is not None]
+    assert runs and len(runs) == len(set(runs))
+    if name == "offline-gpu.yaml":  # 9 sparsities x 4 methods + 2 patterns x 3 bit-widths x 3 methods
+        assert len(runs) == 36 + 18
