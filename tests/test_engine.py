@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from icp.activations import block0_inputs
 from icp.checkpoint import assemble
 from icp.data.tokens import calibration_windows, evaluation_windows, tokenize_stream
-from icp.engine import BlockRunner, Streams
+from icp.engine import BlockRunner
 from icp.evaluate.perplexity import perplexity, perplexity_blockwise
 from icp.methods.icp import Compensation, compensate
 from icp.models import adapter_for

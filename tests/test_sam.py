@@ -19,7 +19,7 @@ from icp.evaluate import sam_iou  # noqa: E402
 from icp.models import adapter_for  # noqa: E402
 from icp.models.loading import CheckpointReader, export_dense, load_config, load_model  # noqa: E402
 from icp.models.sam import SamConfig, read_checkpoint, variant_from_name  # noqa: E402
-from tiny_sam import TINY_SAM_ARCH, tiny_sam_config, write_image_sets, write_tiny_sam  # noqa: E402
+from tiny_sam import TINY_SAM_ARCH, write_image_sets, write_tiny_sam  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import copy
 import math
-import re
 import signal
 import subprocess
 import sys
