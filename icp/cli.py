@@ -101,13 +101,16 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.blocks, a.record, a.carry_out,
                 device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
+    records = json.loads(Path(a.record).read_text())
+    where = provenance.machine(device)
+    for r in records:
+        r["device"] = where.get("gpu", f"CPU ({where['cpu_threads']} threads)")
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() / 2**30
         _log(f"peak accelerator memory {peak:.2f} GiB")
-        records = json.loads(Path(a.record).read_text())
         for r in records:
             r["peak_gpu_gib"] = peak
-        _write_json(a.record, records)
+    _write_json(a.record, records)
 
 
 def cmd_assemble(a: argparse.Namespace) -> None:
@@ -122,6 +125,7 @@ def cmd_assemble(a: argparse.Namespace) -> None:
         "measured_sparsity": pruned / total,
         "prune_seconds": sum(r["seconds"] for r in records),
         "peak_gpu_gib": max((r.get("peak_gpu_gib", 0.0) for r in records), default=0.0),
+        "device": records[0].get("device") if records else None,
         "blocks": records,
         "versions": provenance.versions(),
     }

@@ -49,6 +49,10 @@ def test_tables_and_csv_agree(finished):
     for value, stderr in zip(task.value, task.stderr):
         assert f"{100 * value:.2f} ± {100 * stderr:.2f}" in md
     assert "tokens (4 windows)" in md  # perplexity tables say what they cover
+    cost = md.split("## Cost (the paper's Table 9)")[1].split("##")[0]  # from the runs' own records
+    for method in ("Magnitude", "Wanda", "SparseGPT", "ICP"):
+        assert f"| {method} |" in cost
+    assert "CPU (" in cost and "not recorded" not in cost
 
 
 def test_best_is_bold_only_beyond_the_combined_standard_error():

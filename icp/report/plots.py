@@ -105,8 +105,8 @@ def cost_bars(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Pruning wall time (and peak accelerator memory, when on a GPU) per method."""
     series = pd.DataFrame([
         {"model": r["model"], "method": r["spec"]["method"], "run": r["run"], "seconds": r["prune_seconds"],
-         "peak_gpu_gib": r.get("peak_gpu_gib", 0.0)} for r in records
-    ], columns=["model", "method", "run", "seconds", "peak_gpu_gib"])
+         "peak_gpu_gib": r.get("peak_gpu_gib", 0.0), "device": r.get("device") or "not recorded"} for r in records
+    ], columns=["model", "method", "run", "seconds", "peak_gpu_gib", "device"])
     mean = series.groupby("method", as_index=False)[["seconds", "peak_gpu_gib"]].mean()
     mean = mean.set_index("method").reindex([m for m in ORDER if m in set(mean.method)]).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))

@@ -238,6 +238,26 @@ def _zeroshot_note(frame: pd.DataFrame) -> str:
     return note
 
 
+def cost_table(series: pd.DataFrame, config: dict[str, Any]) -> str:
+    """The paper's Table 9 from the runs' own records: pruning time and peak accelerator memory per
+    method (mean over a model's runs of that method), with the device each ran on."""
+    if series.empty:
+        return ""
+    if "device" not in series:  # written by an older version of the pipeline
+        series = series.assign(device="not recorded")
+    rows = []
+    order = list(METHOD_NAMES)
+    series = series.assign(rank=series["method"].map(lambda m: order.index(m) if m in order else len(order)))
+    for (model, _, method), runs in series.groupby(["model", "rank", "method"], sort=True):
+        peak = runs["peak_gpu_gib"].max()
+        rows.append([_label(config, "models", model), METHOD_NAMES.get(method, method), str(len(runs)),
+                     f"{runs['seconds'].mean():.1f}", f"{peak:.2f}" if peak > 0 else "– (CPU)",
+                     ", ".join(sorted(set(map(str, runs["device"]))))])
+    header = ["Model", "Method", "Runs", "Pruning time per run (s)", "Peak accelerator memory (GiB)", "Device"]
+    return ("## Cost (the paper's Table 9)\n\n" + _markdown(header, rows) + "\n\n_From each pruning job's own "
+            "record (`pruning.json`): the block walk's time, without process start or evaluation._\n")
+
+
 def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
     """`results/tables.md`: every table the config asks for, with its notes; others say why they are absent."""
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
@@ -268,6 +288,9 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             if not counts.empty:
                 sizes = ", ".join(f"{_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
                 parts.append(f"_Instances per evaluation ({sizes}); one point per instance (see icp/evaluate/sam_iou.py)._\n")
+    cost = next((p for p in (plots or []) if Path(p).name == "cost.csv"), None)
+    if cost is not None:
+        parts.append(cost_table(pd.read_csv(cost), config))
     images = [p for p in (plots or []) if p.endswith(".png")]
     if images:
         parts.append("## Plots\n")

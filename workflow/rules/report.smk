@@ -48,6 +48,7 @@ rule tables:
     input:
         csv="results/results.csv",
         plots=[f"results/plots/{name}.png" for name in PLOTS],
+        cost="results/plots/cost.csv",
     output:
         report("results/tables.md", caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
@@ -58,5 +59,5 @@ rule tables:
     log:
         "results/logs/tables.log",
     shell:
-        "{params.icp} tables --config {params.config:q} --csv {input.csv} --plots {input.plots} "
+        "{params.icp} tables --config {params.config:q} --csv {input.csv} --plots {input.plots} {input.cost} "
         "--md {output} > {log} 2>&1"
