@@ -114,6 +114,13 @@ class BlockFiles:
             future.result()
         self._pending.clear()
 
+    def flush(self) -> None:
+        """Let the writes in flight finish (a job that is failing still keeps the blocks it finished)."""
+        for future in self._pending:
+            future.exception()  # waits; a failed write is simply not there for the next attempt
+        self._pending.clear()
+        self._writer.shutdown()
+
     def commit(self) -> list[dict[str, Any]]:
         """Wait for the writes, then move the blocks to `out_dir`; returns every block's record."""
         self.wait()

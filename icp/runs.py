@@ -141,14 +141,18 @@ def prune_group(
         last = index + 1 == blocks.start + len(done)
         streams, pending = replay_step(runner, index, files.load(index), streams, plan, compensate_next=last)
 
-    for index in range(blocks.start + len(done), blocks.stop):
-        result = run_step(runner, index, streams, pending, plan)
-        streams, pending = result.streams, result.pending
-        files.put(index, result.block, result.record)
-        msg = f"block {index + 1}/{runner.num_blocks} done in {result.record['seconds']:.1f}s"
-        if "output_rel_mse" in result.record:
-            msg += f", relative output error {result.record['output_rel_mse']:.4g}"
-        log(msg)
+    try:
+        for index in range(blocks.start + len(done), blocks.stop):
+            result = run_step(runner, index, streams, pending, plan)
+            streams, pending = result.streams, result.pending
+            files.put(index, result.block, result.record)
+            msg = f"block {index + 1}/{runner.num_blocks} done in {result.record['seconds']:.1f}s"
+            if "output_rel_mse" in result.record:
+                msg += f", relative output error {result.record['output_rel_mse']:.4g}"
+            log(msg)
+    except BaseException:  # an error or an interrupt: the finished blocks still reach the disk
+        files.flush()
+        raise
 
     records = files.commit()
     Path(out_record).parent.mkdir(parents=True, exist_ok=True)

@@ -37,12 +37,26 @@ class LayerPruner:
         self.layer = layer
         self.rows, self.columns = layer.weight.shape
 
+    # True for methods whose input statistics can serve several linears that read one input
+    shares_statistics: bool = False
+
     @classmethod
     def for_layers(cls, layers: dict[str, nn.Linear], shared_inputs: Iterable[Iterable[str]] = (),
                    **options) -> dict[str, "LayerPruner"]:
         """One pruner per linear of a block. `shared_inputs` names groups of linears that read the
-        same input (q/k/v, gate/up); a method may share its statistics across a group."""
-        return {name: cls(layer, **options) for name, layer in layers.items()}
+        same input (q/k/v, gate/up); for a method that `shares_statistics`, the group's first pruner
+        gathers them and the others are built with `shared_with=` that pruner."""
+        pruners: dict[str, LayerPruner] = {}
+        for group in shared_inputs if cls.shares_statistics else ():
+            names = [name for name in group if name in layers]
+            if names:
+                first = pruners[names[0]] = cls(layers[names[0]], **options)
+                for name in names[1:]:
+                    pruners[name] = cls(layers[name], **options, shared_with=first)
+        for name, layer in layers.items():
+            if name not in pruners:
+                pruners[name] = cls(layer, **options)
+        return {name: pruners[name] for name in layers}
 
     def add_batch(self, inputs: torch.Tensor) -> None:  # pragma: no cover - overridden when used
         raise NotImplementedError

@@ -12,7 +12,6 @@ torch: the statement of the algorithm and the CPU path) and a fused Triton kerne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from functools import cache
 
 import torch
@@ -129,34 +128,19 @@ def sweep_columns(
 class SparseGPTPruner(LayerPruner):
     """`kernel`: "auto" (the Triton sweep on CUDA when Triton imports, else torch), "triton" or "torch"."""
 
+    shares_statistics = True
+
     def __init__(self, layer: nn.Linear, blocksize: int = 128, percdamp: float = 0.01, kernel: str = "auto",
-                 hessian: InputHessian | None = None) -> None:
+                 shared_with: "SparseGPTPruner | None" = None) -> None:
         super().__init__(layer)
         if kernel not in KERNELS:
             raise ValueError(f"SparseGPT kernel must be one of {KERNELS}, got {kernel!r}")
         self.blocksize = blocksize
         self.percdamp = percdamp
         self.kernel = kernel
-        self.feeds_hessian = hessian is None  # a shared Hessian is fed by the group's first linear
-        self.hessian = hessian if hessian is not None else InputHessian(self.columns, layer.weight.device)
+        self.feeds_hessian = shared_with is None  # a shared Hessian is fed by the group's first linear
+        self.hessian = shared_with.hessian if shared_with else InputHessian(self.columns, layer.weight.device)
         self.hessian.users += 1
-
-    @classmethod
-    def for_layers(cls, layers: dict[str, nn.Linear], shared_inputs: Iterable[Iterable[str]] = (),
-                   **options) -> dict[str, "SparseGPTPruner"]:
-        """Pruners for a block's linears; those in one `shared_inputs` group share one Hessian."""
-        pruners: dict[str, SparseGPTPruner] = {}
-        for group in shared_inputs:
-            names = [name for name in group if name in layers]
-            if not names:
-                continue
-            first = pruners[names[0]] = cls(layers[names[0]], **options)
-            for name in names[1:]:
-                pruners[name] = cls(layers[name], **options, hessian=first.hessian)
-        for name, layer in layers.items():
-            if name not in pruners:
-                pruners[name] = cls(layer, **options)
-        return {name: pruners[name] for name in layers}
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         if self.feeds_hessian:

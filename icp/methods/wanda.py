@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 from torch import nn
 
@@ -38,25 +36,12 @@ class FeatureNorms:
 
 
 class WandaPruner(LayerPruner):
-    def __init__(self, layer: nn.Linear, norms: FeatureNorms | None = None) -> None:
-        super().__init__(layer)
-        self.feeds_norms = norms is None  # shared norms are fed by the group's first linear
-        self.norms = norms if norms is not None else FeatureNorms(self.columns, layer.weight.device)
+    shares_statistics = True
 
-    @classmethod
-    def for_layers(cls, layers: dict[str, nn.Linear], shared_inputs: Iterable[Iterable[str]] = (),
-                   **options) -> dict[str, "WandaPruner"]:
-        """Pruners for a block's linears; those in one `shared_inputs` group share one `FeatureNorms`."""
-        pruners: dict[str, WandaPruner] = {}
-        for group in shared_inputs:
-            names = [name for name in group if name in layers]
-            if names:
-                first = pruners[names[0]] = cls(layers[names[0]], **options)
-                for name in names[1:]:
-                    pruners[name] = cls(layers[name], **options, norms=first.norms)
-        for name, layer in layers.items():
-            pruners.setdefault(name, cls(layer, **options))
-        return {name: pruners[name] for name in layers}
+    def __init__(self, layer: nn.Linear, shared_with: "WandaPruner | None" = None) -> None:
+        super().__init__(layer)
+        self.feeds_norms = shared_with is None  # shared norms are fed by the group's first linear
+        self.norms = shared_with.norms if shared_with else FeatureNorms(self.columns, layer.weight.device)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         if self.feeds_norms:
