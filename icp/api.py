@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .activations import block0_inputs
-from .engine import GRID_PREFIX, BlockRunner, Streams, run_step
+from .engine import BlockRunner, Streams, run_step, split_grids
 from .methods.icp import Compensation
 from .models import ADAPTERS, FamilyAdapter, adapter_for
 from .runs import METHODS, RunSpec
@@ -194,10 +194,7 @@ def prune(
     hidden = block0_inputs(model, adapter, inputs)
     runner = BlockRunner(adapter, config, _ModelBlocks(model), device, hidden.dtype, hidden.shape[1], batch_size)
     plan = spec.plan(runner)
-    needs_dense = plan.track_error or plan.compensation is not None
-    streams = Streams(hidden, hidden if needs_dense else None).to("cpu" if offload_streams else device)
-    if offload_streams and device.startswith("cuda"):
-        streams = streams.pinned()
+    streams = Streams.from_block0(hidden, plan).placed(device, offload_streams)
     pending = None
     layers: dict[str, dict[str, float]] = {}
     errors: list[float | None] = []
@@ -206,10 +203,9 @@ def prune(
     for index in range(runner.num_blocks):
         result = run_step(runner, index, streams, pending, plan)
         streams, pending = result.streams, result.pending
-        weights = {k: v for k, v in result.block.items() if not k.startswith(GRID_PREFIX)}
+        weights, block_grids = split_grids(result.block)
         blocks[index].load_state_dict(weights, strict=True)  # the pruned block goes back into the model
-        prefix = adapter.block_prefix(index)
-        grids.update({prefix + k[len(GRID_PREFIX):]: v for k, v in result.block.items() if k.startswith(GRID_PREFIX)})
+        grids.update({adapter.block_prefix(index) + name: grid for name, grid in block_grids.items()})
         for name, info in result.record["layers"].items():
             layers[f"{index}.{name}"] = info
         errors.append(result.record.get("output_rel_mse"))

@@ -43,17 +43,24 @@ class Streams:
     dense: torch.Tensor | None = None
     dense_ahead: bool = False
 
-    def pinned(self) -> "Streams":
-        error = self.error.pin_memory()
+    @classmethod
+    def from_block0(cls, inputs: torch.Tensor, plan: "PrunePlan") -> "Streams":
+        """The streams before block 0: the dense inputs are both paths' (one tensor, not a copy)."""
+        return cls(inputs, inputs if plan.needs_dense else None)
+
+    def placed(self, device: torch.device | str, offload: bool) -> "Streams":
+        """On the compute `device`, or with `offload` in host memory (pinned when the compute
+        device is CUDA: faster, asynchronous copies)."""
+        if not offload:
+            return self._map(lambda t: t.to(device))
+        pin = torch.device(device).type == "cuda"
+        return self._map(lambda t: t.to("cpu").pin_memory() if pin else t.to("cpu"))
+
+    def _map(self, move) -> "Streams":
+        error = move(self.error)
         if self.dense is None or self.dense is self.error:  # at block 0 both streams are one tensor
             return Streams(error, None if self.dense is None else error, self.dense_ahead)
-        return Streams(error, self.dense.pin_memory(), self.dense_ahead)
-
-    def to(self, device: torch.device | str) -> "Streams":
-        error = self.error.to(device)
-        if self.dense is None or self.dense is self.error:  # one copy when both streams are one tensor
-            return Streams(error, None if self.dense is None else error, self.dense_ahead)
-        return Streams(error, self.dense.to(device), self.dense_ahead)
+        return Streams(error, move(self.dense), self.dense_ahead)
 
 
 @dataclass
@@ -73,6 +80,11 @@ class PrunePlan:
     method_options: dict[str, Any] = field(default_factory=dict)
     compensation: Compensation | None = None  # set for ICP
     track_error: bool = True  # carry the dense stream and record per-block output error
+
+    @property
+    def needs_dense(self) -> bool:
+        """Whether the walk carries the dense stream (for the error record, or ICP's targets)."""
+        return self.track_error or self.compensation is not None
 
 
 class BlockRunner:
@@ -226,6 +238,13 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
 GRID_PREFIX = "__grid__."
 
 
+def split_grids(finished: StateDict) -> tuple[StateDict, StateDict]:
+    """A finished block's (weights, quantization grids); grid names lose GRID_PREFIX ("<layer>.scale")."""
+    weights = {k: v for k, v in finished.items() if not k.startswith(GRID_PREFIX)}
+    grids = {k[len(GRID_PREFIX):]: v for k, v in finished.items() if k.startswith(GRID_PREFIX)}
+    return weights, grids
+
+
 def _finished_state(block: nn.Module, layers: dict[str, Any]) -> StateDict:
     """The block's weights plus, for quantized layers, their grids (kept out of the JSON record)."""
     state = cpu_state(block)
@@ -254,10 +273,9 @@ def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams,
     through it (recording the output error) and, for ICP, the compensated next block (trained only
     when `compensate_next`; a replay that already holds the next block skips the training but
     still computes its dense output, the next step's target)."""
-    needs_dense = plan.track_error or plan.compensation is not None
     error_out = runner.forward(block, streams.error)
     dense_out = None
-    if needs_dense:
+    if plan.needs_dense:
         if streams.dense is None:
             raise ValueError("this plan needs the dense stream, but the streams carry none")
         dense_out = streams.dense if streams.dense_ahead else runner.forward(runner.load(index), streams.dense)
@@ -281,5 +299,5 @@ def replay_step(runner: BlockRunner, index: int, finished: StateDict, streams: S
     """Rebuild the window state after an already finished block `index` (its pruned weights in
     `finished`) without pruning it again: what a resumed job does instead of reading saved streams.
     Bit-identical to the original step on the CPU (the same forwards; the same seeded training)."""
-    block = runner.load(index, {k: v for k, v in finished.items() if not k.startswith(GRID_PREFIX)})
+    block = runner.load(index, split_grids(finished)[0])
     return advance(runner, index, block, streams, plan, {}, compensate_next)

@@ -123,14 +123,11 @@ def prune_group(
     if not blocks:
         raise ValueError(f"block group starts at {blocks.start}, past the model's {runner.num_blocks} blocks")
     plan = spec.plan(runner)
-    needs_dense = plan.track_error or plan.compensation is not None
-    if "dense" not in carry:  # the first group starts from the cached dense block-0 inputs
-        carry = {"error": carry["error"], "dense": carry["error"] if needs_dense else None, "dense_ahead": False, "pending": None}
-
-    streams = Streams(carry["error"], carry["dense"], carry["dense_ahead"]).to("cpu" if offload_streams else device)
-    if offload_streams and torch.device(device).type == "cuda":
-        streams = streams.pinned()  # page-locked host memory: faster, asynchronous copies
-    pending = carry["pending"]
+    if "dense" in carry:
+        streams, pending = Streams(carry["error"], carry["dense"], carry["dense_ahead"]), carry["pending"]
+    else:  # the first group starts from the cached dense block-0 inputs
+        streams, pending = Streams.from_block0(carry["error"], plan), None
+    streams = streams.placed(device, offload_streams)
     del carry
 
     files = BlockFiles(out_blocks, spec.to_dict(), blocks, adapter.block_prefix)
