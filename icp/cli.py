@@ -201,21 +201,26 @@ def cmd_plots(a: argparse.Namespace) -> None:
 
     from .report.plots import draw_all
 
-    paths = draw_all(pd.read_csv(a.csv), a.records, a.out_dir)
+    config = _config_arg(a.config) if a.config else None
+    paths = draw_all(pd.read_csv(a.csv), a.records, a.out_dir, config)
     _log(f"{len(paths)} plot files in {a.out_dir}")
+
+
+def _config_arg(text: str) -> dict:
+    """A config given inline as JSON, or as the path of a YAML file."""
+    import yaml
+
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
+    return yaml.safe_load(Path(text).read_text())
 
 
 def cmd_tables(a: argparse.Namespace) -> None:
     import pandas as pd
-    import yaml
 
     from .report.tables import render_tables
 
-    if a.config.lstrip().startswith("{"):
-        config = json.loads(a.config)
-    else:
-        config = yaml.safe_load(Path(a.config).read_text())
-    Path(a.md).write_text(render_tables(pd.read_csv(a.csv), config, plots=a.plots))
+    Path(a.md).write_text(render_tables(pd.read_csv(a.csv), _config_arg(a.config), plots=a.plots))
     _log(f"tables -> {a.md}")
 
 
@@ -333,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True)
     p.add_argument("--records", nargs="*", default=[])
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--config", default=None, help="the config (JSON or a YAML file): draws its ablation sweeps")
     p.set_defaults(func=cmd_plots)
 
     p = sub.add_parser("tables", help="tables.md from results.csv")

@@ -181,18 +181,18 @@ class BlockRunner:
         return float(diff / a.numel()), float(energy / a.numel())
 
     def layer_shapes(self) -> list[list[LayerShape]]:
-        """Prunable linears of every block with their role and size (built on the meta device)."""
-        shapes = []
-        for index in range(self.num_blocks):
-            with torch.device("meta"):
-                block = self.adapter.build_block(self.config, index)
-            shapes.append(
-                [
-                    LayerShape(name, self.adapter.role(name), linear.weight.numel())
-                    for name, linear in self.adapter.prunable_linears(block).items()
-                ]
-            )
-        return shapes
+        return layer_shapes(self.adapter, self.config)
+
+
+def layer_shapes(adapter: Any, config: Any) -> list[list[LayerShape]]:
+    """Prunable linears of every block with their role and size (built on the meta device: no weights)."""
+    shapes = []
+    for index in range(adapter.num_blocks(config)):
+        with torch.device("meta"):
+            block = adapter.build_block(config, index)
+        shapes.append([LayerShape(name, adapter.role(name), linear.weight.numel())
+                       for name, linear in adapter.prunable_linears(block).items()])
+    return shapes
 
 
 def cpu_state(block: nn.Module) -> StateDict:

@@ -7,8 +7,11 @@ re-runs only what depends on it and results of different settings never overwrit
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from .models.loading import is_sam_source
 from .runs import RunSpec, short_hash
@@ -26,6 +29,7 @@ class Experiment:
     model: str
     run: str  # path component: 'dense' or '<method>-<pattern>[-s<pct>][-w<bits>]-<hash>'
     spec: RunSpec | None
+    calibration: str = ""  # calibration_key of the windows it is pruned on (ablations may change them)
 
     @property
     def is_dense(self) -> bool:
@@ -59,9 +63,10 @@ def calibration_key(config: dict[str, Any], model: str) -> str:
     return short_hash({"model": config["models"][model], "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
 
 
-def calibration_path(config: dict[str, Any], model: str, root: str = "results") -> str:
+def calibration_path(config: dict[str, Any], model: str, key: str | None = None, root: str = "results") -> str:
+    """The calibration inputs behind `key` (default: the tables' calibration)."""
     kind = "images" if is_sam(config, model) else "tokens"
-    return f"{root}/{model}/data/calib-{kind}-{calibration_key(config, model)}.pt"
+    return f"{root}/{model}/data/calib-{kind}-{key or calibration_key(config, model)}.pt"
 
 
 def iou_key(config: dict[str, Any], dataset: str) -> str:
@@ -105,7 +110,7 @@ def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float
 
 def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sparsity: float | None, wbits: int) -> Experiment:
     if method == "dense":
-        return Experiment(model, "dense", None)
+        return Experiment(model, "dense", None, calibration_key(config, model))
     spec = make_spec(config, method, pattern, sparsity, wbits)
     hashed = spec.to_dict()
     hashed["method_options"] = {k: v for k, v in hashed["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
@@ -114,7 +119,7 @@ def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sp
         "calibration": calibration_key(config, model),
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })
-    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec)
+    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, calibration_key(config, model))
 
 
 def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, float | None, int]]:
@@ -146,16 +151,194 @@ def table_experiments(config: dict[str, Any], table: str) -> list[Experiment]:
 
 
 def all_experiments(config: dict[str, Any]) -> dict[tuple[str, str], Experiment]:
+    """Every run the tables and the ablations need, each once (an ablation point at the tables'
+    setting is the table's own run: same parameters, same hash)."""
     out: dict[tuple[str, str], Experiment] = {}
     for table in (*LANGUAGE_TABLES, *SAM_TABLES):
         for exp in table_experiments(config, table):
             out.setdefault((exp.model, exp.run), exp)
+    for point in ablation_points(config):
+        out.setdefault((point.experiment.model, point.experiment.run), point.experiment)
     return out
+
+
+def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[str, Any]:
+    """The calibration section behind `key` (the tables' own, or one an ablation sweeps to)."""
+    if key == calibration_key(config, model):
+        return config["calibration"]
+    for point in ablation_points(config):
+        if point.experiment.model == model and point.experiment.calibration == key:
+            return point.config["calibration"]
+    raise ValueError(f"no calibration setting of model {model!r} has the key {key!r}")
+
+
+# ---- ablations: one parameter swept around the tables' setting (the paper's Figure 4) --------------
+
+
+@dataclass(frozen=True)
+class SweptParameter:
+    """A parameter an `ablations:` sweep may vary: where it lives in the config and what it may be."""
+
+    path: tuple[str, ...]
+    methods: tuple[str, ...]  # the methods it means something for
+    label: str
+    default: float  # its value when the config leaves it out
+    integer: bool = False
+
+
+SWEPT_PARAMETERS = {
+    "alpha": SweptParameter(("methods", "icp", "alpha"), ("icp",), "alpha (inter-block rearrangement)", 1.0),
+    "beta": SweptParameter(("methods", "icp", "beta"), ("icp",), "beta (intra-block rearrangement)", 1.0),
+    "epochs": SweptParameter(("methods", "icp", "compensation", "epochs"), ("icp",), "compensation epochs", 1, True),
+    "lr": SweptParameter(("methods", "icp", "compensation", "lr"), ("icp",), "compensation learning rate", 1e-4),
+    "nsamples": SweptParameter(("calibration", "nsamples"), ("magnitude", "wanda", "sparsegpt", "icp"),
+                               "calibration windows", 128, True),
+}
+
+
+@dataclass(frozen=True)
+class AblationPoint:
+    """One run of a sweep: `parameter` set to `value`, everything else as the tables have it."""
+
+    parameter: str
+    value: float
+    method: str
+    sparsity: float
+    experiment: Experiment
+    config: dict[str, Any]  # the config with the value applied
+    table_setting: bool  # the value is the tables' own
+
+
+def table_setting(config: dict[str, Any], parameter: str) -> float:
+    """The value the tables use for a swept parameter."""
+    swept = SWEPT_PARAMETERS[parameter]
+    node: Any = config
+    for key in swept.path:
+        if not isinstance(node, dict) or key not in node or node[key] is None:
+            return swept.default
+        node = node[key]
+    return node
+
+
+def _with_value(config: dict[str, Any], path: tuple[str, ...], value: float) -> dict[str, Any]:
+    changed = copy.deepcopy(config)
+    node = changed
+    for key in path[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = value
+    return changed
+
+
+def ablation_corpus(config: dict[str, Any]) -> str:
+    ablations = config.get("ablations") or {}
+    if ablations.get("corpus"):
+        return ablations["corpus"]
+    table1 = (config.get("tables") or {}).get("table1") or {}
+    if table1.get("corpora"):
+        return table1["corpora"][0]
+    raise ValueError("ablations.corpus is not set and table1 names no corpus to fall back on")
+
+
+def ablation_points(config: dict[str, Any]) -> list[AblationPoint]:
+    """Every (parameter, value, method, sparsity) of the `ablations:` section, as runs."""
+    ablations = config.get("ablations")
+    if not ablations:
+        return []
+    model = ablations["model"]
+    points = []
+    for parameter, sweep in ablations["sweeps"].items():
+        swept = SWEPT_PARAMETERS[parameter]
+        own = table_setting(config, parameter)
+        for raw in sweep["values"]:
+            value = int(raw) if swept.integer and float(raw).is_integer() else raw
+            changed = _with_value(config, swept.path, value)
+            for method in sweep.get("methods") or ["icp"]:
+                for sparsity in ablations["sparsities"]:
+                    exp = experiment(changed, model, method, "unstructured", float(sparsity), 16)
+                    points.append(AblationPoint(parameter, value, method, float(sparsity), exp, changed,
+                                                math.isclose(float(value), float(own))))
+    return points
+
+
+def check_ablations(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
+    """Values a sweep may not take, named before any job starts. With `shapes_for(model)` (the
+    model's layer shapes, or None when they are not known yet) every alpha/beta pair is also run
+    through ICP's sparsity map, which rejects a layer pushed outside [0, 1)."""
+    ablations = config.get("ablations")
+    if not ablations:
+        return
+    model = ablations["model"]
+    if model not in config["models"]:
+        raise ValueError(f"ablations.model: unknown model {model!r}; defined: {sorted(config['models'])}")
+    if is_sam(config, model):
+        raise ValueError(f"ablations.model: {model!r} is a SAM model; ablations sweep language models")
+    corpus = ablation_corpus(config)
+    if corpus not in config["corpora"]:
+        raise ValueError(f"ablations.corpus: unknown corpus {corpus!r}; defined: {sorted(config['corpora'])}")
+    for s in ablations["sparsities"]:
+        if not 0 < float(s) < 1:
+            raise ValueError(f"ablations.sparsities: {s} is outside (0, 1)")
+    for parameter, sweep in ablations["sweeps"].items():
+        swept = SWEPT_PARAMETERS[parameter]
+        where = f"ablations.sweeps.{parameter}"
+        for method in sweep.get("methods") or ["icp"]:
+            if method not in swept.methods:
+                raise ValueError(f"{where}.methods: {parameter} means nothing for {method!r} (it applies to {list(swept.methods)})")
+            if method not in config["methods"]:
+                raise ValueError(f"{where}.methods: {method!r} has no settings under 'methods'")
+        for value in sweep["values"]:
+            if swept.integer and not float(value).is_integer():
+                raise ValueError(f"{where}: {value} is not a whole number")
+            bad = {
+                "alpha": not 0 < value <= 1,
+                "beta": value <= 0 or any(value * float(s) >= 1 for s in ablations["sparsities"]),
+                "epochs": value < 0,
+                "lr": value <= 0,
+                "nsamples": value < 1,
+            }[parameter]
+            if bad:
+                allowed = {"alpha": "in (0, 1]", "beta": "> 0 with beta * sparsity < 1", "epochs": ">= 0",
+                           "lr": "> 0", "nsamples": ">= 1"}[parameter]
+                raise ValueError(f"{where}: {value} is not allowed ({parameter} must be {allowed})")
+    shapes = shapes_for(model) if shapes_for else None
+    if shapes is None:
+        return
+    from .methods.pattern import parse_pattern
+    from .schedule import rearranged_map
+
+    for point in ablation_points(config):
+        spec = point.experiment.spec
+        if spec.method == "icp":
+            try:
+                rearranged_map(shapes, parse_pattern("unstructured", point.sparsity, 16), spec.alpha, spec.beta)
+            except ValueError as err:
+                raise ValueError(f"ablations.sweeps.{point.parameter} = {point.value}: {err}") from None
+
+
+def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"):
+    """Layer shapes of a language model from its exported dense config, or from the source's own
+    config.json when the source is a local directory; None when neither is on disk yet."""
+    for directory in (Path(root) / model / "dense", Path(config["models"][model]["source"])):
+        if (directory / "config.json").is_file():
+            from .engine import layer_shapes
+            from .models import adapter_for
+            from .models.loading import load_config
+
+            model_config = load_config(directory)
+            return layer_shapes(adapter_for(model_config.model_type), model_config)
+    return None
 
 
 def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[str]:
     """Every evaluation JSON the tables need."""
     targets: list[str] = []
+    if config.get("ablations"):
+        corpus = ablation_corpus(config)
+        targets.append(perplexity_path(config, config["ablations"]["model"], "dense", corpus, root))
+        for point in ablation_points(config):
+            targets.append(perplexity_path(config, point.experiment.model, point.experiment.run, corpus, root))
     for table in PERPLEXITY_TABLES:
         t = config["tables"].get(table)
         if not t:
@@ -218,6 +401,7 @@ def check_config(config: dict[str, Any]) -> None:
         for s in t.get("sparsities", []):
             if not 0 < float(s) < 1:
                 raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
+    check_ablations(config)
     # build every run once, so a bad pattern or method setting fails before any job starts
     for exp in all_experiments(config).values():
         if exp.spec is not None:

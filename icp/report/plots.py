@@ -128,8 +128,12 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def draw_all(frame: pd.DataFrame, record_paths: list[str], out_dir: str | Path) -> list[Path]:
+def draw_all(frame: pd.DataFrame, record_paths: list[str], out_dir: str | Path,
+             config: dict[str, Any] | None = None) -> list[Path]:
+    from .ablations import ablation_plots
+
     out = Path(out_dir)
     records = load_records(record_paths)
     return (perplexity_curves(frame, out) + zeroshot_bars(frame, out)
-            + block_error_curves(records, out) + cost_bars(records, out))
+            + block_error_curves(records, out) + cost_bars(records, out)
+            + (ablation_plots(frame, config, out) if config else []))

@@ -288,10 +288,15 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             if not counts.empty:
                 sizes = ", ".join(f"{_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
                 parts.append(f"_Instances per evaluation ({sizes}); one point per instance (see icp/evaluate/sam_iou.py)._\n")
+    from .ablations import ablation_section
+
+    if config.get("ablations"):
+        parts.append(ablation_section(frame, config))
     cost = next((p for p in (plots or []) if Path(p).name == "cost.csv"), None)
     if cost is not None:
         parts.append(cost_table(pd.read_csv(cost), config))
-    images = [p for p in (plots or []) if p.endswith(".png")]
+    # the ablation plots sit in their own section
+    images = [p for p in (plots or []) if p.endswith(".png") and not Path(p).name.startswith("ablation_")]
     if images:
         parts.append("## Plots\n")
         parts.extend(f"![{Path(p).stem}](plots/{Path(p).name})\n" for p in images)

@@ -5,7 +5,7 @@
 rule block0_activations:
     input:
         dense=rules.export_dense.output.weights,
-        inputs=lambda wc: X.calibration_path(config, wc.model),
+        inputs=lambda wc: X.calibration_path(config, wc.model, wc.key),
     output:
         "results/{model}/activations/calib-{key}.pt",
     params:

@@ -8,6 +8,8 @@ from icp.runs import block_groups
 from snakemake.exceptions import WorkflowError
 
 X.check_config(config)
+# alpha/beta pairs of the ablations against the model's real layer shapes, where they are known
+X.check_ablations(config, shapes_for=lambda model: X.model_layer_shapes(config, model))
 EXPERIMENTS = X.all_experiments(config)
 DEVICE = config.get("device", "auto")
 
@@ -102,7 +104,7 @@ def run_meta(wc, **extra):
 def carry_in(wc):
     group = int(wc.group)
     if group == 0:
-        return f"results/{wc.model}/activations/calib-{X.calibration_key(config, wc.model)}.pt"
+        return f"results/{wc.model}/activations/calib-{experiment(wc).calibration}.pt"
     return f"results/{wc.model}/runs/{wc.run}/steps/{group - 1:03d}.carry.pt"
 
 

@@ -30,8 +30,8 @@ rule calibration_tokens:
         "results/{model}/data/calib-tokens-{key}.pt",
     params:
         icp=ICP_CLI,
-        corpus=lambda wc: json.dumps(config["corpora"][config["calibration"]["corpus"]]),
-        cal=config["calibration"],
+        corpus=lambda wc: json.dumps(config["corpora"][X.calibration_settings(config, wc.model, wc.key)["corpus"]]),
+        cal=lambda wc: X.calibration_settings(config, wc.model, wc.key),
     conda:
         "../envs/icp.yaml"
     log:

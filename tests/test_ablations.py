@@ -1,0 +1,103 @@
+"""`ablations:` sweeps through the real workflow on a tiny model: shared runs are not recomputed,
+bad values stop the run before any job, and the sweep lands in plots and tables.md."""
+
+import copy
+import re
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import planned_jobs, snakemake, tiny_workflow, write_config
+
+
+def ablation_config(root):
+    config = tiny_workflow(root)
+    config["engine"]["blocks_per_step"] = "all"
+    config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["sparsegpt", "icp"], "sparsities": [0.5],
+                                   "corpora": ["heldout"]}}
+    config["ablations"] = {
+        "model": "tiny-llama",
+        "sparsities": [0.5],
+        "sweeps": {
+            "alpha": {"values": [0.8, 1.0]},  # 0.8 is the tables' setting: Table 1's own ICP run
+            "epochs": {"values": [0, 1]},  # 1 is the tables' setting
+            "nsamples": {"values": [2, 4], "methods": ["sparsegpt", "icp"]},  # 4 is the tables' setting
+        },
+    }
+    write_config(root, config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablations")
+    config = ablation_config(root)
+    # the dense export is a Snakemake checkpoint: once it exists, the dry run sees every job
+    snakemake(root, "--cores", "1", "results/tiny-llama/dense/config.json")
+    jobs = planned_jobs(root)
+    snakemake(root, "--cores", "2", "results/tables.md")
+    return root, config, jobs
+
+
+def test_sweep_points_reuse_the_tables_runs(swept):
+    _, _, jobs = swept
+    # Table 1: SparseGPT and ICP at 50 %. New for the sweeps: ICP alpha 1.0, ICP 0 epochs,
+    # SparseGPT and ICP on 2 calibration windows. Points at the tables' setting are Table 1's runs.
+    assert jobs["prune_step"] == 2 + 4 and jobs["assemble_model"] == 2 + 4  # one step per run here
+    assert jobs["calibration_tokens"] == 2 and jobs["block0_activations"] == 2  # 4 and 2 windows
+    assert jobs["perplexity"] == 6 + 1  # every run, and the dense model
+
+
+def test_sweeps_in_tables_and_plots(swept):
+    root, _, _ = swept
+    assert len(list(root.glob("results/tiny-llama/runs/*/steps/000.json"))) == 6
+    frame = pd.read_csv(root / "results" / "results.csv")
+    md = (root / "results" / "tables.md").read_text()
+    section = md.split("## Ablations")[1].split("## Cost")[0]
+    icp_table = frame[(frame.method == "icp") & (frame.evaluation == "perplexity")]
+    for name in ("alpha", "epochs", "nsamples"):
+        series = pd.read_csv(root / "results" / "plots" / f"ablation_{name}.csv")
+        assert (root / "results" / "plots" / f"ablation_{name}.png").stat().st_size > 0
+        assert series.perplexity.notna().all() and (series.perplexity > 1).all()
+        assert f"plots/ablation_{name}.png" in section
+        # the tables' setting is marked and is the very run (and number) of Table 1
+        marked = series[series.table_setting]
+        icp_marked = marked[marked.method == "icp"]
+        assert len(icp_marked) == 1 and icp_marked.run.iloc[0] in set(icp_table.run)
+        for value in series.perplexity:
+            assert f"{value:.2f}" in section
+    epochs = pd.read_csv(root / "results" / "plots" / "ablation_epochs.csv").set_index("value")
+    assert epochs.perplexity[0] != epochs.perplexity[1]  # compensation changes the model
+    calib = pd.read_csv(root / "results" / "plots" / "ablation_nsamples.csv")
+    assert set(zip(calib.method, calib.value)) == {("sparsegpt", 2), ("sparsegpt", 4), ("icp", 2), ("icp", 4)}
+    assert "1 *" in section and "4 *" in section and "0.8 *" in section
+
+
+BAD_SWEEPS = [
+    ({"alpha": {"values": [0.8, 1.5]}}, "ablations.sweeps.alpha: 1.5 is not allowed"),
+    ({"epochs": {"values": [-1]}}, "ablations.sweeps.epochs: -1 is not allowed"),
+    ({"nsamples": {"values": [2.5], "methods": ["wanda"]}}, "ablations.sweeps.nsamples: 2.5 is not a whole number"),
+    ({"lr": {"values": [1e-3], "methods": ["wanda"]}}, "lr means nothing for 'wanda'"),
+    # q/k/v at 0.2 x 90 % push the down projection past 100 %: found from the model's real shapes
+    ({"beta": {"values": [0.2]}}, "ablations.sweeps.beta = 0.2"),
+]
+
+
+def test_bad_sweep_values_stop_before_any_job(tmp_path):
+    from icp.experiments import check_config
+
+    config = ablation_config(tmp_path)
+    for sweep, message in BAD_SWEEPS[:-1]:  # found from the config alone
+        bad = copy.deepcopy(config)
+        bad["ablations"]["sweeps"] = sweep
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_config(bad)
+    # through Snakemake, with a value only the model's layer shapes show to be bad
+    sweep, message = BAD_SWEEPS[-1]
+    bad = copy.deepcopy(config)
+    bad["ablations"].update(sweeps=sweep, sparsities=[0.9])
+    write_config(tmp_path, bad, "bad.yaml")
+    result = snakemake(tmp_path, "-n", "--cores", "1", config="bad.yaml", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr and "outside [0, 1)" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
