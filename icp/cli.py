@@ -166,6 +166,38 @@ def cmd_zeroshot(a: argparse.Namespace) -> None:
     _log(f"{meta.get('run')} zero-shot mean accuracy {result['mean']:.4f}")
 
 
+def cmd_inference_speed(a: argparse.Namespace) -> None:
+    from .evaluate.inference import measure, sparsify_linears, unsupported_reason
+    from .models import adapter_for
+    from .models.loading import load_model
+
+    meta, settings = json.loads(a.meta), json.loads(a.settings)
+    device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
+    reason = unsupported_reason(device)
+    result: dict = {"measured": False, "reason": reason}
+    if reason is None:
+        dense, _ = load_model(a.dense_dir, settings.get("dtype", "float16"))
+        sparse, _ = load_model(a.model_dir, settings.get("dtype", "float16"))
+        dense.to(device)
+        sparse.to(device)
+        adapter = adapter_for(sparse.config.model_type)
+        linears = {f"{i}.{name}": linear for i, block in enumerate(adapter.blocks(sparse))
+                   for name, linear in adapter.prunable_linears(block).items()}
+        probe = torch.randint(0, sparse.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            reference = sparse(probe).logits.float()
+            swapped = sparsify_linears(sparse, linears)
+            # the sparse kernels must compute what the 2:4 weights in dense form compute
+            drift = float((sparse(probe).logits.float() - reference).norm() / reference.norm())
+        _log(f"{len(swapped)} of {len(linears)} linears as semi-structured sparse tensors; logits rel. diff {drift:.2e}")
+        result = {**measure(dense, sparse, settings, device, log=_log), "linears": len(linears),
+                  "sparse_linears": len(swapped), "logits_rel_diff": drift}
+    else:
+        _log(f"2:4 inference not measured: {reason}")
+    _write_json(a.out, {**meta, "metric": "inference", **result, "settings": settings,
+                        "versions": provenance.versions(), "machine": provenance.machine(device if reason is None else "cpu")})
+
+
 def cmd_sam_iou(a: argparse.Namespace) -> None:
     from .evaluate.sam_iou import annotated_images, single_point_iou
     from .models.loading import load_model
@@ -313,6 +345,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_sam_iou)
+
+    p = sub.add_parser("inference-speed", help="2:4 model with semi-structured sparse kernels vs dense, on one GPU")
+    p.add_argument("--dense-dir", required=True)
+    p.add_argument("--model-dir", required=True, help="the 2:4-pruned model")
+    p.add_argument("--settings", default="{}", help="JSON: prefill_tokens, decode_batch, decode_steps, repeats, dtype")
+    p.add_argument("--meta", default="{}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_inference_speed)
 
     p = sub.add_parser("zeroshot-tasks", help="write the local zero-shot task files")
     p.add_argument("--settings", required=True)

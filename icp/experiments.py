@@ -159,7 +159,25 @@ def all_experiments(config: dict[str, Any]) -> dict[tuple[str, str], Experiment]
             out.setdefault((exp.model, exp.run), exp)
     for point in ablation_points(config):
         out.setdefault((point.experiment.model, point.experiment.run), point.experiment)
+    if config.get("inference"):
+        exp = inference_experiment(config)
+        out.setdefault((exp.model, exp.run), exp)
     return out
+
+
+# ---- 2:4 at inference: one 2:4 run timed against the dense model ---------------------------------
+
+
+def inference_experiment(config: dict[str, Any]) -> Experiment:
+    """The 2:4 run whose linears are timed with semi-structured kernels (`inference:` section)."""
+    inf = config["inference"]
+    return experiment(config, inf["model"], inf.get("method", "sparsegpt"), "2:4", None, 16)
+
+
+def inference_path(config: dict[str, Any], root: str = "results") -> str:
+    exp = inference_experiment(config)
+    settings = {k: v for k, v in config["inference"].items() if k not in ("model", "method")}
+    return f"{root}/{exp.model}/evals/{exp.run}/inference-{short_hash(settings)}.json"
 
 
 def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[str, Any]:
@@ -334,6 +352,8 @@ def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"
 def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[str]:
     """Every evaluation JSON the tables need."""
     targets: list[str] = []
+    if config.get("inference"):
+        targets.append(inference_path(config, root))
     if config.get("ablations"):
         corpus = ablation_corpus(config)
         targets.append(perplexity_path(config, config["ablations"]["model"], "dense", corpus, root))
@@ -402,6 +422,12 @@ def check_config(config: dict[str, Any]) -> None:
             if not 0 < float(s) < 1:
                 raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
     check_ablations(config)
+    inf = config.get("inference")
+    if inf:
+        if inf["model"] not in config["models"] or is_sam(config, inf["model"]):
+            raise ValueError(f"inference.model: {inf['model']!r} is not a language model of this config")
+        if inf.get("method", "sparsegpt") not in known_methods:
+            raise ValueError(f"inference.method: unknown method {inf['method']!r}; known: {sorted(known_methods)}")
     # build every run once, so a bad pattern or method setting fails before any job starts
     for exp in all_experiments(config).values():
         if exp.spec is not None:

@@ -24,6 +24,7 @@ def ablation_config(root):
             "nsamples": {"values": [2, 4], "methods": ["sparsegpt", "icp"]},  # 4 is the tables' setting
         },
     }
+    config["inference"] = {"model": "tiny-llama", "method": "sparsegpt"}  # on the CPU: "not measured"
     write_config(root, config)
     return config
 
@@ -43,14 +44,16 @@ def test_sweep_points_reuse_the_tables_runs(swept):
     _, _, jobs = swept
     # Table 1: SparseGPT and ICP at 50 %. New for the sweeps: ICP alpha 1.0, ICP 0 epochs,
     # SparseGPT and ICP on 2 calibration windows. Points at the tables' setting are Table 1's runs.
-    assert jobs["prune_step"] == 2 + 4 and jobs["assemble_model"] == 2 + 4  # one step per run here
+    # (+1: the 2:4 SparseGPT run the inference section times)
+    assert jobs["prune_step"] == 2 + 4 + 1 and jobs["assemble_model"] == 2 + 4 + 1  # one step per run here
+    assert jobs["inference_speed"] == 1
     assert jobs["calibration_tokens"] == 2 and jobs["block0_activations"] == 2  # 4 and 2 windows
     assert jobs["perplexity"] == 6 + 1  # every run, and the dense model
 
 
 def test_sweeps_in_tables_and_plots(swept):
     root, _, _ = swept
-    assert len(list(root.glob("results/tiny-llama/runs/*/steps/000.json"))) == 6
+    assert len(list(root.glob("results/tiny-llama/runs/*/steps/000.json"))) == 7
     frame = pd.read_csv(root / "results" / "results.csv")
     md = (root / "results" / "tables.md").read_text()
     section = md.split("## Ablations")[1].split("## Cost")[0]
@@ -71,6 +74,26 @@ def test_sweeps_in_tables_and_plots(swept):
     calib = pd.read_csv(root / "results" / "plots" / "ablation_nsamples.csv")
     assert set(zip(calib.method, calib.value)) == {("sparsegpt", 2), ("sparsegpt", 4), ("icp", 2), ("icp", 4)}
     assert "1 *" in section and "4 *" in section and "0.8 *" in section
+
+
+def test_two_four_inference_says_why_it_was_not_measured(swept):
+    root, _, _ = swept
+    md = (root / "results" / "tables.md").read_text()
+    assert "## 2:4 at inference" in md
+    assert "_Not measured: no CUDA device" in md.split("## 2:4 at inference")[1]
+    frame = pd.read_csv(root / "results" / "results.csv")
+    assert (frame[frame.evaluation == "inference"].metric == "reason").all()
+
+
+def test_two_four_check():
+    import torch
+
+    from icp.evaluate.inference import is_two_four
+
+    w = torch.tensor([[1.0, 0, 0, 2, 0, 3, 4, 0]])
+    assert is_two_four(w)
+    assert not is_two_four(torch.tensor([[1.0, 1, 0, 2, 0, 0, 0, 0]]))
+    assert not is_two_four(torch.ones(2, 6))
 
 
 BAD_SWEEPS = [

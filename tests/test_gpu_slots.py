@@ -66,3 +66,12 @@ def test_pinning_sets_cuda_visible_devices(monkeypatch, tmp_path):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert gpu_slots.pin_job_to_one_gpu("cuda", log=lambda m: None) == 1  # this process still holds GPU 0
+
+
+def test_jobs_per_gpu_fill_every_gpu_in_turn(monkeypatch, tmp_path):
+    monkeypatch.setattr(gpu_slots, "_held", [])
+    got = [gpu_slots.acquire_gpu(2, tmp_path, poll_seconds=0.1, per_gpu=2) for _ in range(4)]
+    assert got == [0, 1, 0, 1]  # slot 0 of each GPU, then slot 1 of each
+    assert len(list(tmp_path.glob("*.lock"))) == 4
+    monkeypatch.setenv("ICP_JOBS_PER_GPU", "3")
+    assert gpu_slots.jobs_per_gpu() == 3

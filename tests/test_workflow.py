@@ -220,4 +220,5 @@ def test_shipped_configs_validate_and_expand(name):
     runs = [run for (_, run), exp in all_experiments(config).items() if exp.spec is not None]
     assert runs and len(runs) == len(set(runs))
     if name == "offline-gpu.yaml":  # 9 sparsities x 4 methods + 2 patterns x 3 bit-widths x 3 methods
-        assert len(runs) == 36 + 18
+        # + the sweeps' own runs: alpha 4, beta 4, epochs 4, lr 2, calibration 4 x 3 methods
+        assert len(runs) == 36 + 18 + 4 + 4 + 4 + 2 + 12

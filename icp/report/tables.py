@@ -26,7 +26,7 @@ TITLES = {
 }
 METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "icp": "ICP"}
 COLUMNS = ["model", "run", "method", "pattern", "sparsity", "wbits", "evaluation", "dataset", "metric", "value",
-           "stderr", "count", "tokens", "subset", "run_hash", "config_hash", "versions", "machine", "source"]
+           "stderr", "count", "tokens", "subset", "run_hash", "config_hash", "versions", "machine", "source", "note"]
 
 
 def collect_results(paths: list[str]) -> pd.DataFrame:
@@ -53,6 +53,17 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
             mean_se = None if None in errors or not errors else math.sqrt(sum(e * e for e in errors)) / len(errors)
             rows.append({**base, "evaluation": "zeroshot", "dataset": "mean", "metric": "mean",
                          "value": data["mean"], "stderr": mean_se, "count": None, "subset": bool(data.get("limit"))})
+        elif data["metric"] == "inference":
+            if not data.get("measured"):
+                rows.append({**base, "evaluation": "inference", "dataset": "not measured", "metric": "reason",
+                             "value": float("nan"), "note": data.get("reason")})
+            for r in data.get("rows", []):
+                case = f"{r['kind']}-{r['tokens']}-b{r['batch']}"
+                unit = "tokens_per_s" if r["kind"] == "prefill" else "ms_per_token"
+                for metric, value in (("dense", r[f"dense_{unit}"]), ("2:4", r[f"sparse_{unit}"]), ("speedup", r["speedup"])):
+                    rows.append({**base, "evaluation": "inference", "dataset": case, "metric": metric, "value": value,
+                                 "count": r["batch"], "tokens": r["tokens"],
+                                 "note": f"{data.get('sparse_linears')} of {data.get('linears')} linears sparse"})
         elif data["metric"] == "iou":
             rows.append({**base, "evaluation": "iou", "dataset": data["dataset"], "metric": "iou",
                          "value": data["value"], "count": data["instances"], "subset": True})
@@ -258,6 +269,35 @@ def cost_table(series: pd.DataFrame, config: dict[str, Any]) -> str:
             "record (`pruning.json`): the block walk's time, without process start or evaluation._\n")
 
 
+def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
+    """What 2:4 buys at inference: dense vs semi-structured sparse linears, measured side by side."""
+    inf = frame[frame["evaluation"] == "inference"]
+    title = "## 2:4 at inference\n\n"
+    if inf.empty:
+        return ""
+    model = _label(config, "models", str(inf["model"].iloc[0]))
+    method = METHOD_NAMES.get(str(inf["method"].iloc[0]), inf["method"].iloc[0])
+    if (inf["dataset"] == "not measured").any():
+        reason = inf.loc[inf["dataset"] == "not measured", "note"].iloc[0]
+        return title + f"_Not measured: {reason}._\n"
+    rows = []
+    for case, cells in inf.groupby("dataset", sort=False):
+        kind, tokens, batch = case.split("-")
+        value = dict(zip(cells["metric"], cells["value"]))
+        if kind == "prefill":
+            label, fmt = f"Prefill, {int(tokens):,} tokens (tokens/s)", "{:,.0f}"
+        else:
+            label, fmt = f"Decode, batch {batch[1:]}, {int(tokens)} new tokens (ms/token)", "{:.2f}"
+        rows.append([label, fmt.format(value["dense"]), fmt.format(value["2:4"]), f"{value['speedup']:.2f}×"])
+    machine = json.loads(inf["machine"].iloc[0] or "{}")
+    versions = json.loads(inf["versions"].iloc[0] or "{}")
+    note = (f"_{model}, its {method} 2:4 run: the 2:4 linears as `torch.sparse.to_sparse_semi_structured` tensors "
+            f"({inf['note'].iloc[0]}), timed alternately with the dense model in one process on "
+            f"{machine.get('gpu', machine.get('device'))}, torch {versions.get('torch')}; medians. Speedup > 1: "
+            "the 2:4 model is faster._\n")
+    return title + _markdown(["Case", "Dense", "2:4 (semi-structured)", "Speedup"], rows) + "\n\n" + note
+
+
 def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
     """`results/tables.md`: every table the config asks for, with its notes; others say why they are absent."""
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
@@ -292,6 +332,8 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
 
     if config.get("ablations"):
         parts.append(ablation_section(frame, config))
+    if config.get("inference"):
+        parts.append(inference_table(frame, config))
     cost = next((p for p in (plots or []) if Path(p).name == "cost.csv"), None)
     if cost is not None:
         parts.append(cost_table(pd.read_csv(cost), config))

@@ -31,7 +31,7 @@ def torch_threads():
 
 # Handed to the jobs through the environment: a rerun trigger would fire on a params change when
 # the same workflow later runs with other --cores, but never on the environment.
-os.environ.update(ICP_TORCH_THREADS=str(torch_threads()))
+os.environ.update(ICP_TORCH_THREADS=str(torch_threads()), ICP_JOBS_PER_GPU=str(config.get("jobs_per_gpu", 1)))
 ICP_CLI = f"{sys.executable} -m icp.cli"
 
 

@@ -97,3 +97,28 @@ rule sam_iou:
         "{params.icp} sam-iou --model-dir {params.model_dir} --image-set {params.image_set:q} "
         "--selection {params.selection} --seed {params.seed} --meta {params.meta:q} --dtype {params.dtype} "
         "--device {params.device} --out {output} > {log} 2>&1"
+
+
+rule inference_speed:
+    input:
+        dense=lambda wc: f"{dense_dir(wc.model)}/model.safetensors",
+        weights=model_weights,
+    output:
+        "results/{model}/evals/{run}/inference-{key}.json",
+    params:
+        icp=ICP_CLI,
+        model_dir=lambda wc: model_dir(wc.model, wc.run),
+        meta=lambda wc: run_meta(wc),
+        settings=json.dumps({k: v for k, v in (config.get("inference") or {}).items() if k not in ("model", "method")}),
+        device=DEVICE,
+    conda:
+        "../envs/icp.yaml"
+    log:
+        "results/{model}/logs/evals/{run}/inference-{key}.log",
+    benchmark:
+        "results/{model}/benchmarks/evals/{run}/inference-{key}.tsv"
+    resources:
+        gpu=1 if uses_gpu() else 0,
+    shell:
+        "{params.icp} inference-speed --dense-dir results/{wildcards.model}/dense --model-dir {params.model_dir} "
+        "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --out {output} > {log} 2>&1"

@@ -1,0 +1,110 @@
+"""What 2:4 sparsity buys at inference: a 2:4-pruned model's linears as PyTorch semi-structured
+sparse tensors (cuSPARSELt / CUTLASS kernels) against the dense model, on the same GPU, in one process.
+
+Prefill: tokens per second of one forward pass over `tokens` positions (batch 1, no cache).
+Decode: milliseconds per generated token at a batch size, greedy, with the KV cache, after a short
+prompt. Both models are timed alternately (dense, sparse, dense, ...) and the median is kept, so
+clock and thermal drift fall on both alike. Where the kernels cannot run (no CUDA, a GPU older than
+Ampere, a torch without them) the result says "not measured" and why, instead of failing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+def unsupported_reason(device: str) -> str | None:
+    """Why semi-structured kernels cannot be timed here, or None when they can."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return "no CUDA device: PyTorch's semi-structured (2:4) kernels run only on NVIDIA GPUs"
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    if major < 8:
+        return f"compute capability {major}.{minor}: 2:4 sparse tensor cores need Ampere (8.0) or newer"
+    try:
+        from torch.sparse import to_sparse_semi_structured  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.sparse.to_sparse_semi_structured"
+    return None
+
+
+def is_two_four(weight: torch.Tensor) -> bool:
+    """Every group of 4 consecutive input weights of every row has at least 2 zeros."""
+    if weight.shape[1] % 4:
+        return False
+    return bool(((weight.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
+
+
+def sparsify_linears(model: nn.Module, linears: dict[str, nn.Linear]) -> list[str]:
+    """Swap each 2:4 weight for a semi-structured sparse tensor in place; returns the swapped names.
+    Linears that are not 2:4 (or whose shapes the kernels reject) stay dense."""
+    from torch.sparse import to_sparse_semi_structured
+
+    swapped = []
+    for name, linear in linears.items():
+        if not is_two_four(linear.weight):
+            continue
+        try:
+            linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+        except (RuntimeError, ValueError):  # a shape the kernels do not support
+            continue
+        swapped.append(name)
+    return swapped
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def _prefill(model: nn.Module, tokens: int, vocab: int, device: str) -> Callable[[], Any]:
+    ids = torch.randint(0, vocab, (1, tokens), device=device, generator=torch.Generator(device).manual_seed(0))
+    return lambda: model(ids, use_cache=False, logits_to_keep=1)
+
+
+@torch.no_grad()
+def _decode(model: nn.Module, batch: int, steps: int, vocab: int, device: str) -> Callable[[], Any]:
+    prompt = torch.randint(0, vocab, (batch, 16), device=device, generator=torch.Generator(device).manual_seed(1))
+    return lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps,
+                                  min_new_tokens=steps, do_sample=False, pad_token_id=0)
+
+
+def measure(dense: nn.Module, sparse: nn.Module, settings: dict[str, Any], device: str, log=print) -> dict[str, Any]:
+    """Side-by-side timings of two models already on `device` (the second with sparse linears)."""
+    vocab = dense.config.vocab_size
+    repeats = int(settings.get("repeats", 5))
+    rows = []
+    cases = [("prefill", int(t), 1) for t in settings.get("prefill_tokens", [2048, 8192])]
+    cases += [("decode", int(settings.get("decode_steps", 64)), int(b)) for b in settings.get("decode_batch", [1, 16])]
+    for kind, tokens, batch in cases:
+        make = (lambda m: _prefill(m, tokens, vocab, device)) if kind == "prefill" else \
+            (lambda m: _decode(m, batch, tokens, vocab, device))
+        runs = {"dense": make(dense), "sparse": make(sparse)}
+        for fn in runs.values():  # warm-up: kernel selection, caches
+            fn()
+        samples: dict[str, list[float]] = {"dense": [], "sparse": []}
+        for _ in range(repeats):
+            for name, fn in runs.items():
+                samples[name].append(_median_seconds(fn, 1))
+        dense_s, sparse_s = statistics.median(samples["dense"]), statistics.median(samples["sparse"])
+        row = {"kind": kind, "tokens": tokens, "batch": batch, "dense_s": dense_s, "sparse_s": sparse_s,
+               "speedup": dense_s / sparse_s}
+        if kind == "prefill":
+            row.update(dense_tokens_per_s=tokens / dense_s, sparse_tokens_per_s=tokens / sparse_s)
+        else:
+            row.update(dense_ms_per_token=1e3 * dense_s / tokens, sparse_ms_per_token=1e3 * sparse_s / tokens)
+        log(f"{kind} tokens={tokens} batch={batch}: dense {dense_s * 1e3:.1f} ms, 2:4 {sparse_s * 1e3:.1f} ms "
+            f"({row['speedup']:.2f}x)")
+        rows.append(row)
+    return {"measured": True, "rows": rows}
