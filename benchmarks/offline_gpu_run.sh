@@ -28,7 +28,7 @@ fi
 nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$work/gpu-samples.csv" &
 sampler=$!
 start=$(date +%s.%N)
-timeout "$limit" $pin python3 -m snakemake "${args[@]}" results/tables.md >> "$work/snakemake.log" 2>&1
+timeout "$limit" $pin python3 -m snakemake ${TARGET:-results/tables.md} ${EXTRA:-} "${args[@]}" >> "$work/snakemake.log" 2>&1
 rc=$?
 end=$(date +%s.%N)
 kill $sampler

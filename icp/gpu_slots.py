@@ -79,3 +79,19 @@ def pin_job_to_one_gpu(device: str, log=print) -> int | None:
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     log(f"pinned to GPU {index} of {count}" + (f" ({per_gpu} jobs per GPU)" if per_gpu > 1 else ""))
     return index
+
+
+def limit_shared_gpu_memory(device: str, log=print) -> float | None:
+    """With ICP_JOBS_PER_GPU = k > 1, cap this job's CUDA allocations at 1/k of the GPU, so one job
+    that runs away (an out-of-memory error of its own) cannot starve the jobs sharing its GPU."""
+    per_gpu = jobs_per_gpu()
+    if per_gpu < 2 or not device.startswith(("cuda", "auto")):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    fraction = 1.0 / per_gpu
+    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device if ":" in device else "cuda"))
+    log(f"GPU shared by {per_gpu} jobs: this one may allocate {fraction:.0%} of its memory")
+    return fraction

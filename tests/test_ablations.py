@@ -69,6 +69,13 @@ def test_sweeps_in_tables_and_plots(swept):
         assert len(icp_marked) == 1 and icp_marked.run.iloc[0] in set(icp_table.run)
         for value in series.perplexity:
             assert f"{value:.2f}" in section
+    # Table 1 shows its own runs only, never a sweep's run of the same method and sparsity
+    table1 = md.split("Table 1.")[1].split("Table 2.")[0]
+    calib = pd.read_csv(root / "results" / "plots" / "ablation_nsamples.csv")
+    for _, row in calib.iterrows():
+        assert (f"{row.perplexity:.2f}" in table1) == bool(row.table_setting), row.to_dict()
+    curves = pd.read_csv(root / "results" / "plots" / "perplexity_vs_sparsity.csv")
+    assert len(curves[curves.method == "icp"]) == 1
     epochs = pd.read_csv(root / "results" / "plots" / "ablation_epochs.csv").set_index("value")
     assert epochs.perplexity[0] != epochs.perplexity[1]  # compensation changes the model
     calib = pd.read_csv(root / "results" / "plots" / "ablation_nsamples.csv")
@@ -124,3 +131,23 @@ def test_bad_sweep_values_stop_before_any_job(tmp_path):
     assert result.returncode != 0
     assert message in result.stdout + result.stderr and "outside [0, 1)" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_inference_table_from_a_measured_run(tmp_path):
+    """The table a GPU run renders: a measured prefill row and a decode case that failed."""
+    import json
+
+    from icp.report.tables import collect_results, inference_table
+
+    record = {"model": "m", "run": "sparsegpt-2of4-0000", "method": "sparsegpt", "pattern": "2:4", "wbits": 16,
+              "metric": "inference", "measured": True, "linears": 210, "sparse_linears": 210,
+              "rows": [{"kind": "prefill", "tokens": 2048, "batch": 1, "dense_s": 0.04, "sparse_s": 0.2, "speedup": 0.2,
+                        "dense_tokens_per_s": 51200.0, "sparse_tokens_per_s": 10240.0},
+                       {"kind": "decode", "tokens": 64, "batch": 16, "failed": "CUDA out of memory"}],
+              "versions": {"torch": "2.11.0"}, "machine": {"gpu": "NVIDIA H100 80GB HBM3"}}
+    path = tmp_path / "inference.json"
+    path.write_text(json.dumps(record))
+    md = inference_table(collect_results([str(path)]), {"models": {}})
+    assert "| Prefill, 2,048 tokens (tokens/s) | 51,200 | 10,240 | 0.20× |" in md
+    assert "failed: CUDA out of memory" in md
+    assert "210 of 210 linears sparse" in md and "NVIDIA H100 80GB HBM3, torch 2.11.0" in md

@@ -91,12 +91,19 @@ def measure(dense: nn.Module, sparse: nn.Module, settings: dict[str, Any], devic
         make = (lambda m: _prefill(m, tokens, vocab, device)) if kind == "prefill" else \
             (lambda m: _decode(m, batch, tokens, vocab, device))
         runs = {"dense": make(dense), "sparse": make(sparse)}
-        for fn in runs.values():  # warm-up: kernel selection, caches
-            fn()
         samples: dict[str, list[float]] = {"dense": [], "sparse": []}
-        for _ in range(repeats):
-            for name, fn in runs.items():
-                samples[name].append(_median_seconds(fn, 1))
+        try:
+            for fn in runs.values():  # warm-up: kernel selection, caches
+                fn()
+            for _ in range(repeats):
+                for name, fn in runs.items():
+                    samples[name].append(_median_seconds(fn, 1))
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # one case failing must not lose the others
+            message = str(err).splitlines()[0][:200]
+            log(f"{kind} tokens={tokens} batch={batch}: failed: {message}")
+            rows.append({"kind": kind, "tokens": tokens, "batch": batch, "failed": message})
+            torch.cuda.empty_cache()
+            continue
         dense_s, sparse_s = statistics.median(samples["dense"]), statistics.median(samples["sparse"])
         row = {"kind": kind, "tokens": tokens, "batch": batch, "dense_s": dense_s, "sparse_s": sparse_s,
                "speedup": dense_s / sparse_s}

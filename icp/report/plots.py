@@ -131,9 +131,14 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
 def draw_all(frame: pd.DataFrame, record_paths: list[str], out_dir: str | Path,
              config: dict[str, Any] | None = None) -> list[Path]:
     from .ablations import ablation_plots
+    from .tables import table_runs
 
     out = Path(out_dir)
     records = load_records(record_paths)
+    swept = ablation_plots(frame, config, out) if config else []
+    if config:  # the tables' figures show the tables' runs, not the ablation sweeps'
+        runs = table_runs(config)
+        frame = frame[frame["run"].isin(runs)]
+        records = [r for r in records if r["run"] in runs]
     return (perplexity_curves(frame, out) + zeroshot_bars(frame, out)
-            + block_error_curves(records, out) + cost_bars(records, out)
-            + (ablation_plots(frame, config, out) if config else []))
+            + block_error_curves(records, out) + cost_bars(records, out) + swept)

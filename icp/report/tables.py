@@ -59,6 +59,10 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
                              "value": float("nan"), "note": data.get("reason")})
             for r in data.get("rows", []):
                 case = f"{r['kind']}-{r['tokens']}-b{r['batch']}"
+                if "failed" in r:
+                    rows.append({**base, "evaluation": "inference", "dataset": case, "metric": "failed",
+                                 "value": float("nan"), "count": r["batch"], "tokens": r["tokens"], "note": r["failed"]})
+                    continue
                 unit = "tokens_per_s" if r["kind"] == "prefill" else "ms_per_token"
                 for metric, value in (("dense", r[f"dense_{unit}"]), ("2:4", r[f"sparse_{unit}"]), ("speedup", r["speedup"])):
                     rows.append({**base, "evaluation": "inference", "dataset": case, "metric": metric, "value": value,
@@ -269,6 +273,14 @@ def cost_table(series: pd.DataFrame, config: dict[str, Any]) -> str:
             "record (`pruning.json`): the block walk's time, without process start or evaluation._\n")
 
 
+def table_runs(config: dict[str, Any], *tables: str) -> set[str]:
+    """Run names (and 'dense') of the given tables, by default all six: a CSV may also hold the
+    ablation sweeps' runs, which share a method and sparsity with table cells but not their settings."""
+    from ..experiments import LANGUAGE_TABLES, SAM_TABLES, table_experiments
+
+    return {e.run for key in (tables or (*LANGUAGE_TABLES, *SAM_TABLES)) for e in table_experiments(config, key)}
+
+
 def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     """What 2:4 buys at inference: dense vs semi-structured sparse linears, measured side by side."""
     inf = frame[frame["evaluation"] == "inference"]
@@ -284,6 +296,10 @@ def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     for case, cells in inf.groupby("dataset", sort=False):
         kind, tokens, batch = case.split("-")
         value = dict(zip(cells["metric"], cells["value"]))
+        if "failed" in value:
+            what = f"Prefill, {int(tokens):,} tokens" if kind == "prefill" else f"Decode, batch {batch[1:]}"
+            rows.append([what, "–", "–", f"failed: {cells['note'].iloc[0]}"])
+            continue
         if kind == "prefill":
             label, fmt = f"Prefill, {int(tokens):,} tokens (tokens/s)", "{:,.0f}"
         else:
@@ -292,7 +308,7 @@ def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     machine = json.loads(inf["machine"].iloc[0] or "{}")
     versions = json.loads(inf["versions"].iloc[0] or "{}")
     note = (f"_{model}, its {method} 2:4 run: the 2:4 linears as `torch.sparse.to_sparse_semi_structured` tensors "
-            f"({inf['note'].iloc[0]}), timed alternately with the dense model in one process on "
+            f"({inf.loc[inf['metric'] != 'failed', 'note'].iloc[0] if (inf['metric'] != 'failed').any() else ''}), timed alternately with the dense model in one process on "
             f"{machine.get('gpu', machine.get('device'))}, torch {versions.get('torch')}; medians. Speedup > 1: "
             "the 2:4 model is faster._\n")
     return title + _markdown(["Case", "Dense", "2:4 (semi-structured)", "Speedup"], rows) + "\n\n" + note
@@ -312,19 +328,21 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             continue
         if t.get("note"):
             parts.append(f"_{t['note'].strip()}_\n")
+        # only the table's own runs: ablation runs share its method and sparsity but not its settings
+        frame_t = frame[frame["run"].isin(table_runs(config, key))]
         if key in ("table1", "table4"):
-            blocks = _table_1_or_4(frame, config, key)
+            blocks = _table_1_or_4(frame_t, config, key)
         elif key in ("table2", "table5"):
-            blocks = _table_2_or_5(frame, config, key)
+            blocks = _table_2_or_5(frame_t, config, key)
         else:
-            blocks = _table_3_or_6(frame, config, key)
+            blocks = _table_3_or_6(frame_t, config, key)
         parts.extend(b + "\n" for b in blocks)
         if key in ("table1", "table4"):
-            parts.append(_perplexity_note(frame, config))
+            parts.append(_perplexity_note(frame_t, config))
         if key in ("table2", "table5"):
-            parts.append(_zeroshot_note(frame))
+            parts.append(_zeroshot_note(frame_t))
         if key in ("table3", "table6"):
-            counts = frame[frame["evaluation"] == "iou"].groupby("dataset")["count"].max()
+            counts = frame_t[frame_t["evaluation"] == "iou"].groupby("dataset")["count"].max()
             if not counts.empty:
                 sizes = ", ".join(f"{_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
                 parts.append(f"_Instances per evaluation ({sizes}); one point per instance (see icp/evaluate/sam_iou.py)._\n")
