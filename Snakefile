@@ -29,6 +29,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     zeroshot_tasks,
+    shape_images,
     collect_results,
     plots,
     tables,

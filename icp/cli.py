@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import sys
 import time
@@ -89,6 +90,18 @@ def cmd_calibration_images(a: argparse.Namespace) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(images, a.out)
     _log(f"{images.shape[0]} calibration images preprocessed to {tuple(images.shape[1:])}")
+
+
+def cmd_shape_images(a: argparse.Namespace) -> None:
+    from .data.shapes import write_shape_set
+
+    spec = json.loads(a.spec)
+    tmp = Path(a.out_dir + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_shape_set(tmp, spec.get("split", "eval"), int(spec.get("count", 16)), int(spec.get("seed", 0)),
+                    int(spec.get("size", 256)), spec.get("format", "coco"))
+    tmp.rename(a.out_dir)  # file names inside are relative: the set is valid wherever it lands
+    _log(f"{spec.get('count', 16)} synthetic {spec.get('split', 'eval')} scenes ({spec.get('format', 'coco')}) -> {a.out_dir}")
 
 
 def cmd_prune_step(a: argparse.Namespace) -> None:
@@ -354,6 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_inference_speed)
+
+    p = sub.add_parser("shape-images", help="write a synthetic shapes image set (icp.data.shapes)")
+    p.add_argument("--spec", required=True, help="the image set entry as JSON (split, count, size, format, seed)")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_shape_images)
 
     p = sub.add_parser("zeroshot-tasks", help="write the local zero-shot task files")
     p.add_argument("--settings", required=True)

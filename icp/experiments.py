@@ -69,6 +69,26 @@ def calibration_path(config: dict[str, Any], model: str, key: str | None = None,
     return f"{root}/{model}/data/calib-{kind}-{key or calibration_key(config, model)}.pt"
 
 
+def shapes_dir(config: dict[str, Any], name: str, root: str = "results") -> str | None:
+    """Where the workflow writes a synthetic (`source: shapes`) image set; None for other sources."""
+    spec = (config.get("image_sets") or {})[name]
+    return f"{root}/shapes/{short_hash(spec)}" if spec["source"] == "shapes" else None
+
+
+def concrete_image_set(config: dict[str, Any], name: str, root: str = "results") -> dict[str, Any]:
+    """The image-set entry the readers get: a shapes set becomes the COCO / SA-1B / folder set the
+    workflow wrote for it (see icp.data.shapes); other sets are passed through."""
+    spec = dict(config["image_sets"][name])
+    directory = shapes_dir(config, name, root)
+    if directory is None:
+        return spec
+    fmt = spec.get("format", "coco")
+    extra = {k: spec[k] for k in ("max_images", "max_instances", "label") if k in spec}
+    if fmt == "coco":
+        return {"source": "coco", "annotations": f"{directory}/annotations.json", "images": f"{directory}/images", **extra}
+    return {"source": "sa1b" if fmt == "sa1b" else "folder", "dir": f"{directory}/images", **extra}
+
+
 def iou_key(config: dict[str, Any], dataset: str) -> str:
     return short_hash({"images": config["image_sets"][dataset], "evaluation": config["sam"].get("evaluation", {})})
 
@@ -410,7 +430,7 @@ def check_config(config: dict[str, Any]) -> None:
             for dataset in t["datasets"]:
                 if dataset not in image_sets:
                     raise ValueError(f"tables.{table}.datasets: unknown image set {dataset!r}; defined: {sorted(image_sets)}")
-                if image_sets[dataset]["source"] not in ("sa1b", "coco"):
+                if concrete_image_set(config, dataset)["source"] not in ("sa1b", "coco"):
                     raise ValueError(f"tables.{table}.datasets: {dataset!r} has no annotations (source must be sa1b or coco)")
         for method in t["methods"]:
             if method not in known_methods:

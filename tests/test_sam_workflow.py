@@ -20,7 +20,8 @@ def test_sam_tables_through_the_workflow(tmp_path):
     checkpoint = write_tiny_sam(tmp_path / "checkpoints" / "sam_vit_b_tiny.pth")
     config["models"] = {"tiny-sam": {"source": str(checkpoint), "arch": TINY_SAM_ARCH, "label": "Tiny SAM"}}
     config["image_sets"] = {
-        "calib": sets["calib"],
+        # calibration scenes written by the workflow itself (rule shape_images)
+        "calib": {"source": "shapes", "split": "calib", "count": 3, "size": 64, "format": "folder", "seed": 0},
         "sa1b": {**sets["sa1b"], "max_images": 2, "max_instances": 2},
         "coco": {**sets["coco"], "max_images": 2},
     }
@@ -51,4 +52,5 @@ def test_sam_tables_through_the_workflow(tmp_path):
         expected = [100 * rows[rows["dataset"] == d]["value"].iloc[0] for d in ("sa1b", "coco")]
         assert cells == pytest.approx(expected, abs=0.006)
     assert "2:4+int4" in table6
+    assert len(list((tmp_path / "results" / "shapes").glob("*/images/*.png"))) == 3
     assert "_Omitted" in md.split("## Table 1")[1].split("## Table 2")[0]

@@ -71,7 +71,8 @@ def resolve_source(source: str) -> ModelSource:
 
 
 def is_sam_source(source: str) -> bool:
-    return source.endswith(".pth")
+    """Official SAM checkpoints (.pth) and SAMs saved by icp.train_sam (.sam.safetensors)."""
+    return source.endswith((".pth", ".sam.safetensors"))
 
 
 def saved_model_type(model_dir: str | Path) -> str | None:
@@ -158,7 +159,7 @@ def export_dense(source: str, out_dir: str | Path, dtype: str = "float32", varia
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     if is_sam_source(source):
-        export_sam(source, out_dir, variant, arch, DTYPES[dtype])
+        export_sam(resolve_source(source).location, out_dir, variant, arch, DTYPES[dtype])
         return
     from transformers import AutoModelForCausalLM
 

@@ -130,20 +130,47 @@ def build_sam(config: SamConfig) -> nn.Module:
     ).eval()
 
 
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """An official SAM .pth (a plain state dict), read without unpickling arbitrary objects."""
+def verify_checksum(path: Path) -> None:
+    """A checkpoint listed in a SHA256SUMS file beside it must match its sum (shipped weights)."""
+    import hashlib
+
+    sums = path.parent / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    expected = {name.strip(): digest for digest, name in (line.split(maxsplit=1) for line in sums.read_text().splitlines() if line.strip())}
+    if path.name in expected:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        if actual != expected[path.name]:
+            raise ValueError(f"SAM checkpoint {path} is corrupt: sha256 {actual[:16]}… does not match "
+                             f"{expected[path.name][:16]}… in {sums}")
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An official SAM .pth (a plain state dict, read without unpickling arbitrary objects) or a
+    SAM saved as ``*.sam.safetensors`` by `icp.train_sam` (its shape in the metadata).
+    Returns (state dict, {variant, arch} from the file where it says them)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint {path} does not exist")
+    verify_checksum(path)
+    shape: dict[str, Any] = {}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k).float() for k in f.keys()}
+            shape = {"variant": meta.get("variant"), "arch": json.loads(meta["arch"]) if "arch" in meta else None}
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated download, wrong file, ...
         raise ValueError(f"SAM checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not any(k.startswith("image_encoder.blocks.") for k in state):
         raise ValueError(f"{path} is not a SAM state dict (no image_encoder.blocks.* tensors)")
-    return state
+    return state, shape
 
 
 def export_sam(checkpoint: str | Path, out_dir: str | Path, variant: str | None = None,
@@ -151,9 +178,11 @@ def export_sam(checkpoint: str | Path, out_dir: str | Path, variant: str | None 
     """Checkpoint -> dense directory; loading into `build_sam` first checks every shape and name."""
     from safetensors.torch import save_file
 
-    config = SamConfig.for_variant(variant or variant_from_name(checkpoint), arch)
+    state, shape = read_checkpoint(checkpoint)
+    variant = variant or shape.get("variant") or variant_from_name(checkpoint)
+    arch = arch if arch is not None else shape.get("arch")
+    config = SamConfig.for_variant(variant, arch)
     model = build_sam(config)
-    state = read_checkpoint(checkpoint)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -124,3 +124,16 @@ def sam_export_args(model):
 
 def local_task_dir():
     return f"results/zeroshot_tasks/{X.zeroshot_key(config)}"
+
+
+def image_set_inputs(name):
+    """A synthetic image set's folder (written by rule shape_images); nothing for sets on disk."""
+    directory = X.shapes_dir(config, name)
+    return [directory] if directory else []
+
+
+def shape_set_spec(key):
+    for name in config.get("image_sets") or {}:
+        if X.shapes_dir(config, name) == f"results/shapes/{key}":
+            return config["image_sets"][name]
+    raise ValueError(f"no shapes image set has the key {key!r}")

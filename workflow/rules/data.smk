@@ -42,14 +42,29 @@ rule calibration_tokens:
         "--sampler {params.cal[sampler]} --out {output} > {log} 2>&1"
 
 
+rule shape_images:
+    output:
+        directory("results/shapes/{key}"),
+    params:
+        icp=ICP_CLI,
+        spec=lambda wc: json.dumps(shape_set_spec(wc.key)),
+    conda:
+        "../envs/icp.yaml"
+    log:
+        "results/logs/shapes-{key}.log",
+    shell:
+        "{params.icp} shape-images --spec {params.spec:q} --out-dir {output} > {log} 2>&1"
+
+
 rule calibration_images:
     input:
         rules.export_dense.output.config,
+        lambda wc: image_set_inputs(config["sam"]["calibration"]["images"]),
     output:
         "results/{model}/data/calib-images-{key}.pt",
     params:
         icp=ICP_CLI,
-        image_set=lambda wc: json.dumps(config["image_sets"][config["sam"]["calibration"]["images"]]),
+        image_set=lambda wc: json.dumps(X.concrete_image_set(config, config["sam"]["calibration"]["images"])),
         cal=lambda wc: config["sam"]["calibration"],
     conda:
         "../envs/icp.yaml"

@@ -74,12 +74,13 @@ rule zeroshot:
 rule sam_iou:
     input:
         weights=model_weights,
+        images=lambda wc: image_set_inputs(wc.dataset),
     output:
         "results/{model}/evals/{run}/iou-{dataset}-{key}.json",
     params:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
-        image_set=lambda wc: json.dumps(config["image_sets"][wc.dataset]),
+        image_set=lambda wc: json.dumps(X.concrete_image_set(config, wc.dataset)),
         meta=lambda wc: run_meta(wc, dataset=wc.dataset),
         selection=config.get("sam", {}).get("evaluation", {}).get("selection", "best_score"),
         seed=config.get("sam", {}).get("evaluation", {}).get("seed", 0),
