@@ -153,3 +153,19 @@ def test_inference_table_from_a_measured_run(tmp_path):
     assert "| Prefill, 2,048 tokens (tokens/s) | 51,200 | 10,240 | 0.20× |" in md
     assert "failed: CUDA out of memory" in md
     assert "210 of 210 linears sparse" in md and "NVIDIA H100 80GB HBM3, torch 2.11.0" in md
+
+
+def test_inference_workloads_run(tmp_path):
+    """The prefill and cached-decode workloads the GPU times, run once on a tiny model on the CPU."""
+    from tiny import write_tiny_model
+
+    from icp.evaluate.inference import _decode, _prefill
+    from icp.models.loading import load_model
+
+    model, _ = load_model(str(write_tiny_model(tmp_path / "m", "llama")))
+    calls = []
+    original = model.forward
+    model.forward = lambda *a, **k: calls.append(k.get("input_ids", a[0] if a else None).shape) or original(*a, **k)
+    _prefill(model, 32, model.config.vocab_size, "cpu")()
+    _decode(model, 2, 5, model.config.vocab_size, "cpu")()
+    assert calls == [(1, 32), (2, 16)] + [(2, 1)] * 5  # one prefill; a prompt, then one token per step

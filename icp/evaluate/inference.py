@@ -3,7 +3,7 @@ sparse tensors (cuSPARSELt / CUTLASS kernels) against the dense model, on the sa
 
 Prefill: tokens per second of one forward pass over `tokens` positions (batch 1, no cache).
 Decode: milliseconds per generated token at a batch size, greedy, with the KV cache, after a short
-prompt. Both models are timed alternately (dense, sparse, dense, ...) and the median is kept, so
+prompt (the prompt's forward included). Both models are timed alternately (dense, sparse, dense, ...) and the median is kept, so
 clock and thermal drift fall on both alike. Where the kernels cannot run (no CUDA, a GPU older than
 Ampere, a torch without them) the result says "not measured" and why, instead of failing.
 """
@@ -56,15 +56,13 @@ def sparsify_linears(model: nn.Module, linears: dict[str, nn.Linear]) -> list[st
     return swapped
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _seconds(fn: Callable[[], Any]) -> float:
+    """Wall time of one call, the GPU's queue drained before and after."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -75,9 +73,16 @@ def _prefill(model: nn.Module, tokens: int, vocab: int, device: str) -> Callable
 
 @torch.no_grad()
 def _decode(model: nn.Module, batch: int, steps: int, vocab: int, device: str) -> Callable[[], Any]:
+    """Greedy decoding with the KV cache, written out (a 16-token prompt, then `steps` single tokens)."""
     prompt = torch.randint(0, vocab, (batch, 16), device=device, generator=torch.Generator(device).manual_seed(1))
-    return lambda: model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=steps,
-                                  min_new_tokens=steps, do_sample=False, pad_token_id=0)
+
+    def run() -> None:
+        out = model(prompt, use_cache=True, logits_to_keep=1)
+        for _ in range(steps):
+            token = out.logits[:, -1:].argmax(dim=-1)
+            out = model(token, past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+
+    return run
 
 
 def measure(dense: nn.Module, sparse: nn.Module, settings: dict[str, Any], device: str, log=print) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def measure(dense: nn.Module, sparse: nn.Module, settings: dict[str, Any], devic
                 fn()
             for _ in range(repeats):
                 for name, fn in runs.items():
-                    samples[name].append(_median_seconds(fn, 1))
+                    samples[name].append(_seconds(fn))
         except (RuntimeError, torch.OutOfMemoryError) as err:  # one case failing must not lose the others
             message = str(err).splitlines()[0][:200]
             log(f"{kind} tokens={tokens} batch={batch}: failed: {message}")
