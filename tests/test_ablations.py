@@ -13,14 +13,14 @@ from workflow_helpers import planned_jobs, snakemake, tiny_workflow, write_confi
 def ablation_config(root):
     config = tiny_workflow(root)
     config["engine"]["blocks_per_step"] = "all"
-    config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["sparsegpt", "icp"], "sparsities": [0.5],
+    config["tables"] = {"table1": {"models": ["tiny-llama"], "methods": ["icp"], "sparsities": [0.5],
                                    "corpora": ["heldout"]}}
     config["ablations"] = {
         "model": "tiny-llama",
         "sparsities": [0.5],
         "sweeps": {
             "alpha": {"values": [0.8, 1.0]},  # 0.8 is the tables' setting: Table 1's own ICP run
-            "nsamples": {"values": [2, 4], "methods": ["sparsegpt", "icp"]},  # 4 is the tables' setting
+            "nsamples": {"values": [2, 4]},  # 4 is the tables' setting (other methods: see below)
         },
     }
     write_config(root, config)
@@ -31,25 +31,28 @@ def ablation_config(root):
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablations")
     config = ablation_config(root)
-    # the dense export is a Snakemake checkpoint: once it exists, the dry run sees every job
-    snakemake(root, "--cores", "1", "results/tiny-llama/dense/config.json")
-    jobs = planned_jobs(root)
+    jobs = planned_jobs(root)  # before the dense export (a Snakemake checkpoint): steps are not planned yet
     snakemake(root, "--cores", "2", "results/tables.md")
     return root, config, jobs
 
 
 def test_sweep_points_reuse_the_tables_runs(swept):
     _, _, jobs = swept
-    # Table 1: SparseGPT and ICP at 50 %. New for the sweeps: ICP alpha 1.0, SparseGPT and ICP on
-    # 2 calibration windows. Points at the tables' setting are Table 1's runs.
-    assert jobs["prune_step"] == 2 + 3 and jobs["assemble_model"] == 2 + 3  # one step per run here
-    assert jobs["calibration_tokens"] == 2 and jobs["block0_activations"] == 2  # 4 and 2 windows
-    assert jobs["perplexity"] == 5 + 1  # every run, and the dense model
+    # Table 1: ICP at 50 %. New for the sweeps: ICP alpha 1.0, ICP on 2 calibration windows.
+    # Points at the tables' setting are Table 1's run.
+    assert jobs["assemble_model"] == 1 + 2
+    assert jobs["perplexity"] == 3 + 1  # every run, and the dense model
+
+
+def test_sweep_runs_on_disk(swept):
+    root, _, _ = swept
+    assert len(list(root.glob("results/tiny-llama/runs/*/steps/000.json"))) == 3  # one step per run here
+    assert len(list(root.glob("results/tiny-llama/data/calib-tokens-*.pt"))) == 2  # 4 and 2 windows
+    assert len(list(root.glob("results/tiny-llama/activations/calib-*.pt"))) == 2
 
 
 def test_sweeps_in_tables_and_plots(swept):
     root, _, _ = swept
-    assert len(list(root.glob("results/tiny-llama/runs/*/steps/000.json"))) == 5
     frame = pd.read_csv(root / "results" / "results.csv")
     md = (root / "results" / "tables.md").read_text()
     section = md.split("## Ablations")[1].split("## Cost")[0]
@@ -75,7 +78,7 @@ def test_sweeps_in_tables_and_plots(swept):
     alpha = pd.read_csv(root / "results" / "plots" / "ablation_alpha.csv").set_index("value")
     assert alpha.perplexity[0.8] != alpha.perplexity[1.0]  # the rearrangement changes the model
     calib = pd.read_csv(root / "results" / "plots" / "ablation_nsamples.csv")
-    assert set(zip(calib.method, calib.value)) == {("sparsegpt", 2), ("sparsegpt", 4), ("icp", 2), ("icp", 4)}
+    assert set(zip(calib.method, calib.value)) == {("icp", 2), ("icp", 4)}
     assert "4 *" in section and "0.8 *" in section
 
 
@@ -103,6 +106,23 @@ def test_two_four_check():
     assert is_two_four(w)
     assert not is_two_four(torch.tensor([[1.0, 1, 0, 2, 0, 0, 0, 0]]))
     assert not is_two_four(torch.ones(2, 6))
+
+
+def test_calibration_sweep_for_every_method_shares_the_tables_runs(tmp_path):
+    from icp.experiments import ablation_points, all_experiments, calibration_key, table_experiments
+
+    config = ablation_config(tmp_path)
+    config["tables"]["table1"]["methods"] = ["magnitude", "wanda", "sparsegpt", "icp"]
+    config["ablations"]["sweeps"] = {"nsamples": {"values": [2, 4, 8], "methods": ["wanda", "sparsegpt", "icp"]}}
+    points = ablation_points(config)
+    assert len(points) == 3 * 3
+    table = {e.run for e in table_experiments(config, "table1")}
+    shared = [p for p in points if p.experiment.run in table]
+    assert {(p.method, p.value) for p in shared} == {("wanda", 4), ("sparsegpt", 4), ("icp", 4)}
+    assert all(p.table_setting for p in shared)
+    assert len(all_experiments(config)) == len(table) + 6  # 2 and 8 windows for three methods
+    keys = {p.experiment.calibration for p in points}
+    assert len(keys) == 3 and calibration_key(config, "tiny-llama") in keys
 
 
 BAD_SWEEPS = [
