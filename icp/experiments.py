@@ -132,14 +132,15 @@ def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sp
     if method == "dense":
         return Experiment(model, "dense", None, calibration_key(config, model))
     spec = make_spec(config, method, pattern, sparsity, wbits)
+    calibration = calibration_key(config, model)
     hashed = spec.to_dict()
     hashed["method_options"] = {k: v for k, v in hashed["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
     digest = short_hash({
         "spec": hashed,
-        "calibration": calibration_key(config, model),
+        "calibration": calibration,
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })
-    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, calibration_key(config, model))
+    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, calibration)
 
 
 def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, float | None, int]]:
@@ -194,10 +195,14 @@ def inference_experiment(config: dict[str, Any]) -> Experiment:
     return experiment(config, inf["model"], inf.get("method", "sparsegpt"), "2:4", None, 16)
 
 
+def inference_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """How the `inference:` section times its run (everything but which run it is)."""
+    return {k: v for k, v in (config.get("inference") or {}).items() if k not in ("model", "method")}
+
+
 def inference_path(config: dict[str, Any], root: str = "results") -> str:
     exp = inference_experiment(config)
-    settings = {k: v for k, v in config["inference"].items() if k not in ("model", "method")}
-    return f"{root}/{exp.model}/evals/{exp.run}/inference-{short_hash(settings)}.json"
+    return f"{root}/{exp.model}/evals/{exp.run}/inference-{short_hash(inference_settings(config))}.json"
 
 
 def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[str, Any]:
@@ -221,16 +226,22 @@ class SweptParameter:
     methods: tuple[str, ...]  # the methods it means something for
     label: str
     default: float  # its value when the config leaves it out
+    allowed: str  # the valid range, as the error message states it
+    valid: Callable[[float, list[float]], bool]  # (value, the sweep's sparsities) -> allowed?
     integer: bool = False
 
 
 SWEPT_PARAMETERS = {
-    "alpha": SweptParameter(("methods", "icp", "alpha"), ("icp",), "alpha (inter-block rearrangement)", 1.0),
-    "beta": SweptParameter(("methods", "icp", "beta"), ("icp",), "beta (intra-block rearrangement)", 1.0),
-    "epochs": SweptParameter(("methods", "icp", "compensation", "epochs"), ("icp",), "compensation epochs", 1, True),
-    "lr": SweptParameter(("methods", "icp", "compensation", "lr"), ("icp",), "compensation learning rate", 1e-4),
+    "alpha": SweptParameter(("methods", "icp", "alpha"), ("icp",), "alpha (inter-block rearrangement)", 1.0,
+                            "in (0, 1]", lambda v, _: 0 < v <= 1),
+    "beta": SweptParameter(("methods", "icp", "beta"), ("icp",), "beta (intra-block rearrangement)", 1.0,
+                           "> 0 with beta * sparsity < 1", lambda v, sparsities: v > 0 and all(v * s < 1 for s in sparsities)),
+    "epochs": SweptParameter(("methods", "icp", "compensation", "epochs"), ("icp",), "compensation epochs", 1,
+                             ">= 0", lambda v, _: v >= 0, integer=True),
+    "lr": SweptParameter(("methods", "icp", "compensation", "lr"), ("icp",), "compensation learning rate", 1e-4,
+                         "> 0", lambda v, _: v > 0),
     "nsamples": SweptParameter(("calibration", "nsamples"), ("magnitude", "wanda", "sparsegpt", "icp"),
-                               "calibration windows", 128, True),
+                               "calibration windows", 128, ">= 1", lambda v, _: v >= 1, integer=True),
 }
 
 
@@ -326,20 +337,12 @@ def check_ablations(config: dict[str, Any], shapes_for: Callable[[str], Any] | N
                 raise ValueError(f"{where}.methods: {parameter} means nothing for {method!r} (it applies to {list(swept.methods)})")
             if method not in config["methods"]:
                 raise ValueError(f"{where}.methods: {method!r} has no settings under 'methods'")
+        sparsities = [float(s) for s in ablations["sparsities"]]
         for value in sweep["values"]:
             if swept.integer and not float(value).is_integer():
                 raise ValueError(f"{where}: {value} is not a whole number")
-            bad = {
-                "alpha": not 0 < value <= 1,
-                "beta": value <= 0 or any(value * float(s) >= 1 for s in ablations["sparsities"]),
-                "epochs": value < 0,
-                "lr": value <= 0,
-                "nsamples": value < 1,
-            }[parameter]
-            if bad:
-                allowed = {"alpha": "in (0, 1]", "beta": "> 0 with beta * sparsity < 1", "epochs": ">= 0",
-                           "lr": "> 0", "nsamples": ">= 1"}[parameter]
-                raise ValueError(f"{where}: {value} is not allowed ({parameter} must be {allowed})")
+            if not swept.valid(value, sparsities):
+                raise ValueError(f"{where}: {value} is not allowed ({parameter} must be {swept.allowed})")
     shapes = shapes_for(model) if shapes_for else None
     if shapes is None:
         return
@@ -406,8 +409,9 @@ def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = "res
     return f"{root}/{model}/evals/{run}/zeroshot-{zeroshot_key(config)}.json"
 
 
-def check_config(config: dict[str, Any]) -> None:
-    """Cross-references the schema cannot express; each error names the offending key."""
+def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
+    """Cross-references the schema cannot express; each error names the offending key.
+    `shapes_for(model)`: layer shapes for the ablations' alpha/beta check (see check_ablations)."""
     known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
     if config["calibration"]["corpus"] not in config["corpora"]:
         raise ValueError(f"calibration.corpus {config['calibration']['corpus']!r} is not defined under 'corpora'")
@@ -441,7 +445,7 @@ def check_config(config: dict[str, Any]) -> None:
         for s in t.get("sparsities", []):
             if not 0 < float(s) < 1:
                 raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
-    check_ablations(config)
+    check_ablations(config, shapes_for)
     inf = config.get("inference")
     if inf:
         if inf["model"] not in config["models"] or is_sam(config, inf["model"]):

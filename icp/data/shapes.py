@@ -102,11 +102,15 @@ def scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, lis
     return render_scene(rng, height, width)
 
 
-def _rle(mask: np.ndarray) -> dict[str, Any]:
+def _annotation(mask: np.ndarray, ann_id: int) -> dict[str, Any]:
+    """id, area, bbox (x, y, w, h) and the mask as COCO RLE (pycocotools), as both formats store them."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    ys, xs = np.nonzero(mask)
+    return {"id": ann_id, "area": int(mask.sum()),
+            "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)],
+            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}}
 
 
 def write_shape_set(out_dir: str | Path, split: str, count: int, seed: int = 0, size: int = 256,
@@ -127,11 +131,7 @@ def write_shape_set(out_dir: str | Path, split: str, count: int, seed: int = 0, 
         if fmt == "sa1b":
             name = f"sa_{i + 1}.jpg"
             Image.fromarray(image).save(images_dir / name, quality=95)
-            anns = []
-            for k, m in enumerate(masks):
-                ys, xs = np.nonzero(m)
-                anns.append({"id": 1000 * (i + 1) + k, "segmentation": _rle(m), "area": int(m.sum()),
-                             "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]})
+            anns = [_annotation(m, 1000 * (i + 1) + k) for k, m in enumerate(masks)]
             record = {"image": {"image_id": i + 1, "file_name": name, "height": height, "width": width},
                       "annotations": anns}
             (images_dir / f"sa_{i + 1}.json").write_text(json.dumps(record))
@@ -139,13 +139,8 @@ def write_shape_set(out_dir: str | Path, split: str, count: int, seed: int = 0, 
         name = f"{i + 1:012d}.png"
         Image.fromarray(image).save(images_dir / name)
         coco["images"].append({"id": i + 1, "file_name": name, "height": height, "width": width})
-        for k, m in enumerate(masks):
-            ys, xs = np.nonzero(m)
-            coco["annotations"].append({
-                "id": 1000 * (i + 1) + k, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "area": int(m.sum()),
-                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)],
-                "segmentation": _rle(m),
-            })
+        coco["annotations"] += [{**_annotation(m, 1000 * (i + 1) + k), "image_id": i + 1, "category_id": 1, "iscrowd": 0}
+                                for k, m in enumerate(masks)]
     if fmt == "coco":
         (out / "annotations.json").write_text(json.dumps(coco))
         return {"source": "coco", "annotations": str(out / "annotations.json"), "images": str(images_dir)}

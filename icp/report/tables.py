@@ -307,8 +307,10 @@ def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
         rows.append([label, fmt.format(value["dense"]), fmt.format(value["2:4"]), f"{value['speedup']:.2f}×"])
     machine = json.loads(inf["machine"].iloc[0] or "{}")
     versions = json.loads(inf["versions"].iloc[0] or "{}")
-    note = (f"_{model}, its {method} 2:4 run: the 2:4 linears as `torch.sparse.to_sparse_semi_structured` tensors "
-            f"({inf.loc[inf['metric'] != 'failed', 'note'].iloc[0] if (inf['metric'] != 'failed').any() else ''}), timed alternately with the dense model in one process on "
+    measured = inf.loc[inf["metric"] != "failed", "note"]  # "<k> of <n> linears sparse" on every measured row
+    linears = f" ({measured.iloc[0]})" if not measured.empty else ""
+    note = (f"_{model}, its {method} 2:4 run: the 2:4 linears as `torch.sparse.to_sparse_semi_structured` tensors"
+            f"{linears}, timed alternately with the dense model in one process on "
             f"{machine.get('gpu', machine.get('device'))}, torch {versions.get('torch')}; medians. Speedup > 1: "
             "the 2:4 model is faster._\n")
     return title + _markdown(["Case", "Dense", "2:4 (semi-structured)", "Speedup"], rows) + "\n\n" + note

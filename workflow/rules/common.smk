@@ -7,9 +7,8 @@ from icp import experiments as X
 from icp.runs import block_groups
 from snakemake.exceptions import WorkflowError
 
-X.check_config(config)
-# alpha/beta pairs of the ablations against the model's real layer shapes, where they are known
-X.check_ablations(config, shapes_for=lambda model: X.model_layer_shapes(config, model))
+# with the ablations' alpha/beta pairs checked against the model's real layer shapes, where known
+X.check_config(config, shapes_for=lambda model: X.model_layer_shapes(config, model))
 EXPERIMENTS = X.all_experiments(config)
 DEVICE = config.get("device", "auto")
 

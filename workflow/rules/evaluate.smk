@@ -110,7 +110,7 @@ rule inference_speed:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc),
-        settings=json.dumps({k: v for k, v in (config.get("inference") or {}).items() if k not in ("model", "method")}),
+        settings=json.dumps(X.inference_settings(config)),
         device=DEVICE,
     conda:
         "../envs/icp.yaml"
