@@ -4,14 +4,18 @@
 #   bash benchmarks/offline_gpu_run.sh one [seconds]   # GPU 0 only, 16 CPU cores, gpu=4 (4 jobs share it)
 #   bash benchmarks/offline_gpu_run.sh two [seconds]   # both GPUs, 32 CPU cores, gpu=8 (4 jobs per GPU)
 #
-# Each call runs (or resumes) the DAG in /tmp/offline-gpu-<mode> for at most `seconds`, appends the
+# Env: WORK (run directory, default /tmp/offline-gpu-<mode>), CONFIG (default config/offline-gpu.yaml;
+# benchmarks/scaling_subset.py writes a slice of it), TARGET (default results/tables.md), EXTRA
+# (more Snakemake arguments).
+#
+# Each call runs (or resumes) the DAG in $WORK for at most `seconds`, appends the
 # segment's wall time to segments.txt there (the run's wall time is their sum), samples nvidia-smi
 # every 2 s, and, when $OUT is set, packs the small outputs (tables, CSVs, plots, records, logs,
 # Snakemake benchmarks; no checkpoints) into $OUT/offline-gpu-<mode>.tgz.
 set -u
 mode=${1:?one or two}
 limit=${2:-560}
-work=/tmp/offline-gpu-$mode
+work=${WORK:-/tmp/offline-gpu-$mode}
 mkdir -p "$work"
 if [ "$mode" = one ]; then
     export CUDA_VISIBLE_DEVICES=0
@@ -21,7 +25,7 @@ else
     pin=""; gpu_slots=8; cores=32
 fi
 args=(-s "$PWD/Snakefile" -d "$work" --profile profiles/gpu --resources gpu=$gpu_slots --cores $cores
-      --configfile "$PWD/config/offline-gpu.yaml")
+      --configfile "$(realpath "${CONFIG:-config/offline-gpu.yaml}")")
 if [ -n "$(ls -A "$work/.snakemake/locks" 2>/dev/null)" ]; then
     python3 -m snakemake "${args[@]}" --unlock > /dev/null 2>&1
 fi

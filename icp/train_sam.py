@@ -41,7 +41,7 @@ ARCH = {
     "patch_size": 16, "window_size": 4, "prompt_embed_dim": 128, "decoder_mlp_dim": 512, "decoder_heads": 4,
     "iou_head_hidden_dim": 128,
 }
-DEFAULTS = {"steps": 2500, "images": 8, "prompts": 6, "lr": 4e-4, "warmup": 150, "seed": 0}
+DEFAULTS = {"steps": 8000, "images": 32, "prompts": 8, "lr": 8e-4, "warmup": 300, "seed": 0}
 EVAL = {"split": "eval", "count": 32, "size": 256}  # the held-out check (the default evaluates these)
 
 
@@ -61,26 +61,55 @@ def _losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return focal, dice
 
 
-def _batch(seed: int, step: int, images: int, prompts: int, size: int):
-    """Preprocessed images and, per image, point prompts with their instance masks."""
-    inputs, prompt_sets = [], []
-    for j in range(images):
-        image, masks = scene(seed, "train", step * images + j, size)
-        rng = np.random.default_rng([seed, step, j])
-        chosen = rng.choice(len(masks), size=min(prompts, len(masks)), replace=False) if masks else []
-        points, targets = [], []
-        for k in chosen:
-            ys, xs = np.nonzero(masks[k])
-            i = int(rng.integers(len(xs)))
-            points.append((float(xs[i]), float(ys[i])))
-            targets.append(masks[k])
-        inputs.append(sam_input(image, size))
-        prompt_sets.append((image.shape[:2], points, targets))
-    return torch.stack(inputs), prompt_sets
+class StepBatches(torch.utils.data.Dataset):
+    """Step `i`'s batch: `images` train scenes, preprocessed, and up to `prompts` single-point
+    prompts per scene with their instance masks. A pure function of (seed, step), so loader
+    workers change only the speed, never the data."""
+
+    def __init__(self, seed: int, steps: int, images: int, prompts: int, size: int):
+        self.seed, self.steps, self.images, self.prompts, self.size = seed, steps, images, prompts, size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        inputs, points, owners, targets = [], [], [], []
+        for j in range(self.images):
+            image, masks = scene(self.seed, "train", step * self.images + j, self.size)
+            rng = np.random.default_rng([self.seed, step, j])
+            chosen = rng.choice(len(masks), size=min(self.prompts, len(masks)), replace=False) if masks else []
+            padded = np.zeros((self.size, self.size), dtype=bool)  # masks in the padded square frame
+            for k in chosen:
+                ys, xs = np.nonzero(masks[k])
+                i = int(rng.integers(len(xs)))
+                points.append((float(xs[i]), float(ys[i])))  # the longest side is `size`: no rescaling
+                owners.append(j)
+                padded[:] = False
+                padded[: masks[k].shape[0], : masks[k].shape[1]] = masks[k]
+                targets.append(padded.copy())
+            inputs.append(sam_input(image, self.size))
+        return {"images": torch.stack(inputs), "points": torch.tensor(points, dtype=torch.float32).reshape(-1, 2),
+                "owners": torch.tensor(owners, dtype=torch.int64),
+                "targets": torch.from_numpy(np.stack(targets) if targets else np.zeros((0, self.size, self.size), bool))}
+
+
+def decode_prompts(model: torch.nn.Module, embeddings: torch.Tensor, points: torch.Tensor,
+                   owners: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three low-res masks and IoU scores for every prompt of a batch of images in one decoder call.
+
+    SAM's decoder takes one image per call and repeats its embedding once per prompt, then adds
+    the dense prompt embedding. Handing it a zero image and each prompt's own image embedding
+    folded into the dense term gives exactly the per-image result for all images at once
+    (`tests/test_shapes_sam.py` checks it against the per-image calls)."""
+    labels = torch.ones(len(points), 1, dtype=torch.int64, device=points.device)
+    sparse, dense = model.prompt_encoder(points=(points[:, None, :], labels), boxes=None, masks=None)
+    return model.mask_decoder(image_embeddings=torch.zeros_like(embeddings[:1]),
+                              image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                              dense_prompt_embeddings=dense + embeddings[owners], multimask_output=True)
 
 
 def train(out: Path, steps: int, images: int, prompts: int, lr: float, warmup: int, seed: int,
-          device: str, log=print) -> dict:
+          device: str, workers: int = 0, log=print) -> dict:
     torch.manual_seed(seed)
     config = sam_config()
     model = build_sam(config).to(device).train()
@@ -88,44 +117,33 @@ def train(out: Path, steps: int, images: int, prompts: int, lr: float, warmup: i
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     size = config.image_size
+    batches = torch.utils.data.DataLoader(StepBatches(seed, steps, images, prompts, size), batch_size=None,
+                                          num_workers=workers, prefetch_factor=4 if workers else None,
+                                          pin_memory=device.startswith("cuda"))
     started = time.perf_counter()
-    for step in range(steps):
-        x, prompt_sets = _batch(seed, step, images, prompts, size)
-        embeddings = model.image_encoder(x.to(device))
-        dense_pe = model.prompt_encoder.get_dense_pe()
-        loss = torch.zeros((), device=device)
-        for i, ((h, w), points, targets) in enumerate(prompt_sets):
-            if not points:
-                continue
-            coords = torch.tensor(points, dtype=torch.float32, device=device)[:, None, :]  # longest side is `size`
-            labels = torch.ones(len(points), 1, dtype=torch.int64, device=device)
-            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            low_res, iou_pred = model.mask_decoder(image_embeddings=embeddings[i : i + 1], image_pe=dense_pe,
-                                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                   multimask_output=True)
-            logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)[..., :h, :w]
-            target = torch.from_numpy(np.stack(targets)).to(device, torch.float32)[:, None]
-            focal, dice = _losses(logits, target)
-            per_mask = 20 * focal + dice
-            best = per_mask.argmin(dim=1)
-            with torch.no_grad():
-                pred = logits > 0
-                inter = (pred & (target > 0.5)).sum(dim=(2, 3)).float()
-                union = (pred | (target > 0.5)).sum(dim=(2, 3)).float().clamp(min=1)
-                real_iou = inter / union
-            picked = per_mask.gather(1, best[:, None]).mean()
-            loss = loss + picked + F.mse_loss(iou_pred, real_iou)
-        loss = loss / len(prompt_sets)
+    for step, batch in enumerate(batches):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        embeddings = model.image_encoder(batch["images"])
+        low_res, iou_pred = decode_prompts(model, embeddings, batch["points"], batch["owners"])
+        logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+        target = batch["targets"][:, None].float()
+        focal, dice = _losses(logits, target)
+        per_mask = 20 * focal + dice
+        best = per_mask.argmin(dim=1)
+        with torch.no_grad():
+            pred, truth = logits > 0, target > 0.5
+            real_iou = (pred & truth).sum(dim=(2, 3)).float() / (pred | truth).sum(dim=(2, 3)).float().clamp(min=1)
+        loss = per_mask.gather(1, best[:, None]).mean() + F.mse_loss(iou_pred, real_iou)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        if step % 50 == 0 or step == steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps}: loss {loss.detach().item():.4f} ({time.perf_counter() - started:.0f}s)")
     seconds = time.perf_counter() - started
     save(model.eval(), out, {"seed": seed, "steps": steps, "images_per_step": images, "prompts_per_image": prompts,
-                             "lr": lr, "train_seconds": round(seconds, 1), "device": device})
+                             "lr": lr, "warmup": warmup, "train_seconds": round(seconds, 1), "device": device})
     return {"train_seconds": seconds}
 
 
@@ -162,6 +180,8 @@ def main() -> None:
     parser.add_argument("--out", default="icp/assets/shapes-vit-tiny.sam.safetensors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=8, help="processes drawing the scenes (0: in the main one)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the held-out check (speed probes)")
     for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=type(value), default=value)
     a = parser.parse_args()
@@ -169,8 +189,10 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     log = lambda m: print(f"[train_sam {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     out = Path(a.out)
-    result = train(out, a.steps, a.images, a.prompts, a.lr, a.warmup, a.seed, a.device, log)
+    result = train(out, a.steps, a.images, a.prompts, a.lr, a.warmup, a.seed, a.device, a.workers, log)
     log(f"trained in {result['train_seconds']:.0f}s on {a.device}; {out} ({out.stat().st_size / 2**20:.2f} MiB)")
+    if a.no_eval:
+        return
     iou = held_out_iou(out)
     log(f"held-out dense single-point mIoU {100 * iou['value']:.2f} over {iou['instances']} instances")
 

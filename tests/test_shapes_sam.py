@@ -94,3 +94,32 @@ def test_workflow_commands_give_the_training_scripts_number(tmp_path):
     workflow = json.loads((tmp_path / "iou.json").read_text())
     script = held_out_iou(WEIGHTS, count=3)
     assert workflow["value"] == script["value"] and workflow["instances"] == script["instances"]
+
+
+def test_batched_prompt_decoding_equals_per_image_calls():
+    """The training script decodes every prompt of a batch in one call; SAM's own per-image calls
+    must give the same masks and scores."""
+    import torch
+
+    from icp.models.sam import build_sam
+    from icp.train_sam import StepBatches, decode_prompts, sam_config
+
+    torch.manual_seed(0)
+    model = build_sam(sam_config()).eval()
+    batch = StepBatches(seed=0, steps=1, images=2, prompts=3, size=256)[0]
+    assert batch["targets"].shape == (len(batch["points"]), 256, 256) and set(batch["owners"].tolist()) == {0, 1}
+    with torch.no_grad():
+        embeddings = model.image_encoder(batch["images"])
+        masks, scores = decode_prompts(model, embeddings, batch["points"], batch["owners"])
+        for j in range(2):
+            mine = batch["owners"] == j
+            points = batch["points"][mine][:, None, :]
+            sparse, dense = model.prompt_encoder(points=(points, torch.ones(len(points), 1, dtype=torch.int64)),
+                                                 boxes=None, masks=None)
+            ref_masks, ref_scores = model.mask_decoder(image_embeddings=embeddings[j : j + 1],
+                                                       image_pe=model.prompt_encoder.get_dense_pe(),
+                                                       sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                       multimask_output=True)
+            torch.testing.assert_close(masks[mine], ref_masks, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(scores[mine], ref_scores, rtol=1e-5, atol=1e-5)
+    assert all(batch["targets"][i, int(y), int(x)] for i, (x, y) in enumerate(batch["points"].tolist()))  # inside
