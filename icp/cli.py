@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_slots import limit_shared_gpu_memory, pin_job_to_one_gpu
 
         pin_job_to_one_gpu(args.device, log=_log)
-        limit_shared_gpu_memory(args.device, log=_log)
+        if args.func is not cmd_inference_speed:  # a timing job holds every slot of its GPU (its rule)
+            limit_shared_gpu_memory(args.device, log=_log)
     # Snakemake sets OMP_NUM_THREADS to the job's thread count (1 under --cores 1); the workflow
     # hands over its own choice (config cpu_threads) in ICP_TORCH_THREADS
     threads = args.threads or int(os.environ.get("ICP_TORCH_THREADS") or 0)

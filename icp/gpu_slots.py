@@ -92,6 +92,7 @@ def limit_shared_gpu_memory(device: str, log=print) -> float | None:
     if not torch.cuda.is_available():
         return None
     fraction = 1.0 / per_gpu
-    torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device if ":" in device else "cuda"))
+    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
     log(f"GPU shared by {per_gpu} jobs: this one may allocate {fraction:.0%} of its memory")
     return fraction

@@ -41,7 +41,7 @@ ARCH = {
     "patch_size": 16, "window_size": 4, "prompt_embed_dim": 128, "decoder_mlp_dim": 512, "decoder_heads": 4,
     "iou_head_hidden_dim": 128,
 }
-DEFAULTS = {"steps": 8000, "images": 32, "prompts": 8, "lr": 8e-4, "warmup": 300, "seed": 0}
+DEFAULTS = {"steps": 3500, "images": 32, "prompts": 8, "lr": 8e-4, "warmup": 300, "seed": 0}
 EVAL = {"split": "eval", "count": 32, "size": 256}  # the held-out check (the default evaluates these)
 
 

@@ -71,7 +71,7 @@ def test_trained_sam_segments_held_out_shapes(tmp_path):
     images = annotated_images(write_shape_set(tmp_path / "eval", "eval", 6, seed=0, size=256, fmt="coco"))
     result = single_point_iou(model, images)
     assert result["instances"] >= 20
-    assert result["value"] >= 0.45, result  # chance (an untrained model) is ~0.02
+    assert result["value"] >= 0.70, result  # 0.755 for the shipped weights; chance (an untrained model) is ~0.02
     recipe = json.loads(__import__("safetensors").safe_open(str(WEIGHTS), "pt").metadata()["recipe"])
     assert recipe["seed"] == 0 and recipe["steps"] > 0
 

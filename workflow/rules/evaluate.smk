@@ -119,7 +119,8 @@ rule inference_speed:
     benchmark:
         "results/{model}/benchmarks/evals/{run}/inference-{key}.tsv"
     resources:
-        gpu=1 if uses_gpu() else 0,
+        # timings need the GPU to themselves: on one GPU this takes all of its jobs_per_gpu slots
+        gpu=int(config.get("jobs_per_gpu", 1)) if uses_gpu() else 0,
     shell:
         "{params.icp} inference-speed --dense-dir results/{wildcards.model}/dense --model-dir {params.model_dir} "
         "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --out {output} > {log} 2>&1"
