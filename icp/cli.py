@@ -194,8 +194,8 @@ def cmd_inference_speed(a: argparse.Namespace) -> None:
         dense.to(device)
         sparse.to(device)
         adapter = adapter_for(sparse.config.model_type)
-        linears = {f"{i}.{name}": linear for i, block in enumerate(adapter.blocks(sparse))
-                   for name, linear in adapter.prunable_linears(block).items()}
+        prunable = {id(linear) for block in adapter.blocks(sparse) for linear in adapter.prunable_linears(block).values()}
+        linears = {name: module for name, module in sparse.named_modules() if id(module) in prunable}
         probe = torch.randint(0, sparse.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
             reference = sparse(probe).logits.float()

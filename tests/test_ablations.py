@@ -108,6 +108,35 @@ def test_two_four_check():
     assert not is_two_four(torch.ones(2, 6))
 
 
+def test_sparse_linears_take_flat_contiguous_inputs(monkeypatch):
+    """The 2:4 linears are swapped in by module path, and a batched, non-contiguous input (decode at
+    batch 16) reaches the kernel as one contiguous matrix and comes back in its own shape."""
+    import torch
+    from torch import nn
+
+    from icp.evaluate.inference import SemiStructuredLinear, sparsify_linears
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.ReLU(), nn.Linear(12, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.tensor([1.0, 0, 1, 0]).repeat(2))  # 2:4 along each row
+    x = torch.randn(16, 8, 3).transpose(1, 2)  # [16, 3, 8], not contiguous
+    reference = model(x)
+    # the GPU-only conversion replaced by a copy; F.linear watched for what the sparse weight is fed
+    assert sparsify_linears(model, {"0": model[0], "2": model[2]}, torch.clone) == ["0"]
+    assert isinstance(model[0], SemiStructuredLinear) and isinstance(model[2], nn.Linear)
+    seen, linear = [], torch.nn.functional.linear
+
+    def watched(inp, weight, bias=None):
+        if weight is model[0].weight:
+            seen.append((tuple(inp.shape), inp.is_contiguous()))
+        return linear(inp, weight, bias)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", watched)
+    torch.testing.assert_close(model(x), reference)
+    assert seen == [((48, 8), True)]
+
+
 def test_calibration_sweep_for_every_method_shares_the_tables_runs(tmp_path):
     from icp.experiments import ablation_points, all_experiments, calibration_key, table_experiments
 

@@ -75,3 +75,20 @@ def test_jobs_per_gpu_fill_every_gpu_in_turn(monkeypatch, tmp_path):
     assert len(list(tmp_path.glob("*.lock"))) == 4
     monkeypatch.setenv("ICP_JOBS_PER_GPU", "3")
     assert gpu_slots.jobs_per_gpu() == 3
+
+
+def test_shared_gpu_memory_cap_names_the_device_index(monkeypatch):
+    """The cap is set on the job's own device, given to torch as an index ("cuda" alone is refused)."""
+    import torch
+
+    calls = []
+    monkeypatch.setenv("ICP_JOBS_PER_GPU", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    assert gpu_slots.limit_shared_gpu_memory("cuda", log=lambda m: None) == 0.25
+    assert gpu_slots.limit_shared_gpu_memory("cuda:1", log=lambda m: None) == 0.25
+    assert gpu_slots.limit_shared_gpu_memory("cpu", log=lambda m: None) is None
+    assert calls == [(0.25, 0), (0.25, 1)]
+    monkeypatch.setenv("ICP_JOBS_PER_GPU", "1")
+    assert gpu_slots.limit_shared_gpu_memory("cuda", log=lambda m: None) is None

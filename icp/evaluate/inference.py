@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,19 +40,43 @@ def is_two_four(weight: torch.Tensor) -> bool:
     return bool(((weight.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
 
 
-def sparsify_linears(model: nn.Module, linears: dict[str, nn.Linear]) -> list[str]:
-    """Swap each 2:4 weight for a semi-structured sparse tensor in place; returns the swapped names.
-    Linears that are not 2:4 (or whose shapes the kernels reject) stay dense."""
-    from torch.sparse import to_sparse_semi_structured
+class SemiStructuredLinear(nn.Module):
+    """A 2:4 linear whose weight is a semi-structured sparse tensor. Its input reaches the kernel as
+    one contiguous [tokens, features] matrix, and its output leaves row-major: the sparse tensor
+    supports only a few operations (a batched, non-contiguous input sends `F.linear` down a batched
+    matmul that needs `expand` on the weight: decode at batch 16 failed so on torch 2.11), and its
+    result is a transposed view that made attention fall back to fp32 math (5-8x slower models)."""
+
+    def __init__(self, linear: nn.Linear, to_sparse: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.weight = nn.Parameter(to_sparse(linear.weight.detach()), requires_grad=False)
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.bias)
+        # the kernel's result is a transposed view; attention kernels downstream need row-major
+        # q/k/v (a column-major one sends SDPA to its fp32 math fallback)
+        return y.contiguous().view(*x.shape[:-1], y.shape[-1])
+
+
+def sparsify_linears(model: nn.Module, linears: dict[str, nn.Linear],
+                     to_sparse: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[str]:
+    """Replace each 2:4 linear (`linears`: module paths in `model`) by a `SemiStructuredLinear`;
+    returns the replaced paths. Linears that are not 2:4 (or whose shapes the kernels reject) stay
+    dense. `to_sparse` defaults to `torch.sparse.to_sparse_semi_structured`."""
+    if to_sparse is None:
+        from torch.sparse import to_sparse_semi_structured as to_sparse
 
     swapped = []
     for name, linear in linears.items():
         if not is_two_four(linear.weight):
             continue
         try:
-            linear.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+            replacement = SemiStructuredLinear(linear, to_sparse)
         except (RuntimeError, ValueError):  # a shape the kernels do not support
             continue
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, replacement)
         swapped.append(name)
     return swapped
 
