@@ -183,7 +183,8 @@ def main() -> None:
     parser.add_argument("--out", default="icp/assets/shapes-vit-tiny.sam.safetensors")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=8, help="processes drawing the scenes (0: in the main one)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes drawing the scenes (default: 12 beside a GPU, none on the CPU)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out check (speed probes)")
     for key, value in DEFAULTS.items():
         parser.add_argument(f"--{key}", type=type(value), default=value)
@@ -192,7 +193,8 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     log = lambda m: print(f"[train_sam {time.strftime('%H:%M:%S')}] {m}", flush=True)  # noqa: E731
     out = Path(a.out)
-    result = train(out, a.steps, a.images, a.prompts, a.lr, a.warmup, a.seed, a.device, a.workers, log)
+    workers = a.workers if a.workers is not None else (12 if a.device.startswith("cuda") else 0)
+    result = train(out, a.steps, a.images, a.prompts, a.lr, a.warmup, a.seed, a.device, workers, log)
     log(f"trained in {result['train_seconds']:.0f}s on {a.device}; {out} ({out.stat().st_size / 2**20:.2f} MiB)")
     if a.no_eval:
         return
