@@ -25,9 +25,9 @@ def fake_wiki(path: Path, n: int = 80) -> Path:
     return path
 
 
-def tiny_workflow(root: Path) -> dict:
-    """Write models, text and a config under `root`; return the config."""
-    models = {fam: write_tiny_model(root / "models" / fam, fam, blocks=3) for fam in ("llama", "opt")}
+def tiny_workflow(root: Path, blocks: int = 3) -> dict:
+    """Write models (of `blocks` blocks), text and a config under `root`; return the config."""
+    models = {fam: write_tiny_model(root / "models" / fam, fam, blocks=blocks) for fam in ("llama", "opt")}
     (root / "text").mkdir(exist_ok=True)
     (root / "text" / "calib.txt").write_text(generated_text(3000, seed=1))
     (root / "text" / "eval.txt").write_text(generated_text(1500, seed=2))
