@@ -38,7 +38,7 @@ def test_tables_and_csv_agree(finished):
     best = t1[t1.method != "dense"].value.min()
     assert f"**{best:.2f}**" in md
     t4 = frame[(frame.model == "tiny-opt") & (frame.evaluation == "perplexity")]
-    assert {(p, w) for p, w in zip(t4.pattern, t4.wbits) if p != "dense"} == {("2:4", 4)}
+    assert {(p, w) for p, w in zip(t4.pattern, t4.wbits) if p != "dense"} == {("2:4", 16), ("2:4", 4)}
     zs = frame[frame.evaluation == "zeroshot"]
     assert set(zs.dataset) == {"wiki_description", "mean"}
     assert all(0 <= v <= 1 for v in zs.value)
@@ -112,7 +112,7 @@ def test_icp_setting_reruns_only_icp(finished):
     changed["methods"]["icp"]["alpha"] = 0.7
     write_config(root, changed, "alpha.yaml")
     jobs = planned_jobs(root, "alpha.yaml")
-    icp_runs = 1 + 1 + 1  # table1/2 at 50 %, table4 2:4 + int4, table5 2:4 -> 3 runs
+    icp_runs = 1 + 2 + 1  # table1/2 at 50 %, table4 2:4 x {16, 4}, table5 2:4 -> 4 runs
     assert jobs.get("assemble_model") == icp_runs
     assert jobs.get("prune_step") == 2 * icp_runs
     assert "calibration_tokens" not in jobs and "block0_activations" not in jobs and "export_dense" not in jobs

@@ -53,7 +53,7 @@ def tiny_workflow(root: Path, blocks: int = 3) -> dict:
             "table1": {"models": ["tiny-llama"], "methods": ["magnitude", "wanda", "sparsegpt", "icp"],
                        "sparsities": [0.5], "corpora": ["heldout"]},
             "table2": {"models": ["tiny-llama"], "methods": ["sparsegpt", "icp"], "sparsities": [0.5]},
-            "table4": {"models": ["tiny-opt"], "methods": ["sparsegpt", "icp"], "patterns": ["2:4"], "wbits": [4],
+            "table4": {"models": ["tiny-opt"], "methods": ["sparsegpt", "icp"], "patterns": ["2:4"], "wbits": [16, 4],
                        "corpora": ["heldout"]},
             "table5": {"models": ["tiny-llama"], "methods": ["icp"], "patterns": ["2:4"]},
         },
