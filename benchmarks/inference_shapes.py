@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icp.evaluate.inference import measure, sparsify_linears, unsupported_reason  # noqa: E402
+from icp.methods.masks import nm_mask  # noqa: E402
 
 SHAPES = {
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -46,8 +47,7 @@ def two_four_model(shape: dict, device: str) -> tuple[torch.nn.Module, torch.nn.
     linears = {n: m for n, m in sparse.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n}
     with torch.no_grad():
         for linear in linears.values():  # keep the 2 largest of every 4 consecutive inputs
-            w = linear.weight.view(-1, 4)
-            w.masked_fill_(w.abs().argsort(dim=1).argsort(dim=1) < 2, 0)
+            linear.weight.masked_fill_(nm_mask(linear.weight.abs(), 2, 4), 0)
     return dense, sparse, linears
 
 

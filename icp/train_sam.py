@@ -81,15 +81,14 @@ class StepBatches(torch.utils.data.Dataset):
             image, masks = scene(self.seed, "train", step * self.images + j, self.size)
             rng = np.random.default_rng([self.seed, step, j])
             chosen = rng.choice(len(masks), size=min(self.prompts, len(masks)), replace=False) if masks else []
-            padded = np.zeros((self.size, self.size), dtype=bool)  # masks in the padded square frame
+            height, width = image.shape[:2]
             for k in chosen:
                 ys, xs = np.nonzero(masks[k])
                 i = int(rng.integers(len(xs)))
                 points.append((float(xs[i]), float(ys[i])))  # the longest side is `size`: no rescaling
                 owners.append(j)
-                padded[:] = False
-                padded[: masks[k].shape[0], : masks[k].shape[1]] = masks[k]
-                targets.append(padded.copy())
+                # the mask in SAM's padded square frame (image at the top left)
+                targets.append(np.pad(masks[k], ((0, self.size - height), (0, self.size - width))))
             inputs.append(sam_input(image, self.size))
         return {"images": torch.stack(inputs), "points": torch.tensor(points, dtype=torch.float32).reshape(-1, 2),
                 "owners": torch.tensor(owners, dtype=torch.int64),

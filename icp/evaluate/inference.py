@@ -35,9 +35,9 @@ def unsupported_reason(device: str) -> str | None:
 
 def is_two_four(weight: torch.Tensor) -> bool:
     """Every group of 4 consecutive input weights of every row has at least 2 zeros."""
-    if weight.shape[1] % 4:
-        return False
-    return bool(((weight.reshape(-1, 4) != 0).sum(dim=1) <= 2).all())
+    from ..methods.masks import check_nm
+
+    return weight.shape[1] % 4 == 0 and check_nm(weight, 2, 4)
 
 
 class SemiStructuredLinear(nn.Module):
