@@ -109,8 +109,10 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
 
     spec = RunSpec.from_dict(json.loads(a.spec))
     device = provenance.resolve_device(a.device)
-    _log(f"{spec.method} {spec.pattern} s={spec.sparsity} w{spec.wbits}: blocks {a.first}..{a.last - 1} on {device}")
-    if device.startswith("cuda"):
+    age = provenance.process_age()
+    _log(f"{spec.method} {spec.pattern} s={spec.sparsity} w{spec.wbits}: blocks {a.first}..{a.last - 1} on {device}"
+         + (f" (process started {age:.1f}s ago)" if age is not None else ""))
+    if torch.cuda.is_initialized():  # only where something ran before in this process (CUDA starts in prune_group)
         torch.cuda.reset_peak_memory_stats()
     prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.blocks, a.record, a.carry_out,
                 device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
@@ -124,6 +126,9 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
         for r in records:
             r["peak_gpu_gib"] = peak
     _write_json(a.record, records)
+    age = provenance.process_age()
+    if age is not None:
+        _log(f"step done {age:.1f}s after the process started; engine time {sum(r['seconds'] for r in records):.1f}s")
 
 
 def cmd_assemble(a: argparse.Namespace) -> None:
@@ -366,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", default="{}")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
+    p.add_argument("--gpu-slots", type=int, default=1,
+                   help="job slots of its GPU this job holds (timings: all of them, the GPU to itself)")
     p.set_defaults(func=cmd_inference_speed)
 
     p = sub.add_parser("shape-images", help="write a synthetic shapes image set (icp.data.shapes)")
@@ -415,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         # before anything touches CUDA: on a multi-GPU host each job takes a GPU of its own
         from .gpu_slots import limit_shared_gpu_memory, pin_job_to_one_gpu
 
-        pin_job_to_one_gpu(args.device, log=_log)
-        if args.func is not cmd_inference_speed:  # a timing job holds every slot of its GPU (its rule)
-            limit_shared_gpu_memory(args.device, log=_log)
+        slots = getattr(args, "gpu_slots", 1)
+        pin_job_to_one_gpu(args.device, slots=slots, log=_log)
+        limit_shared_gpu_memory(args.device, slots=slots, log=_log)
     # Snakemake sets OMP_NUM_THREADS to the job's thread count (1 under --cores 1); the workflow
     # hands over its own choice (config cpu_threads) in ICP_TORCH_THREADS
     threads = args.threads or int(os.environ.get("ICP_TORCH_THREADS") or 0)

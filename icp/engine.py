@@ -49,18 +49,22 @@ class Streams:
         return cls(inputs, inputs if plan.needs_dense else None)
 
     def placed(self, device: torch.device | str, offload: bool) -> "Streams":
-        """On the compute `device`, or with `offload` in host memory (pinned when the compute
-        device is CUDA: faster, asynchronous copies)."""
-        if not offload:
-            return self._map(lambda t: t.to(device))
-        pin = torch.device(device).type == "cuda"
-        return self._map(lambda t: t.to("cpu").pin_memory() if pin else t.to("cpu"))
+        """On the compute `device`, or with `offload` in host memory (see `place_stream`)."""
+        return self._map(lambda t: place_stream(t, device, offload))
 
     def _map(self, move) -> "Streams":
         error = move(self.error)
         if self.dense is None or self.dense is self.error:  # at block 0 both streams are one tensor
             return Streams(error, None if self.dense is None else error, self.dense_ahead)
         return Streams(error, move(self.dense), self.dense_ahead)
+
+
+def place_stream(hidden: torch.Tensor, device: torch.device | str, offload: bool) -> torch.Tensor:
+    """A stream on the compute `device`, or with `offload` in host memory (pinned when the compute
+    device is CUDA: faster, asynchronous copies)."""
+    if not offload:
+        return hidden.to(device)
+    return hidden.to("cpu").pin_memory() if torch.device(device).type == "cuda" else hidden.to("cpu")
 
 
 @dataclass

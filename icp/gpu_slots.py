@@ -25,8 +25,11 @@ from typing import IO
 _held: list[IO] = []  # open lock files: the lock lives as long as this process
 
 
-def visible_gpu_count() -> int:
-    """GPUs on this host according to nvidia-smi (0 when it is absent); does not initialise CUDA."""
+def visible_gpu_count(proc_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """GPUs on this host, without initialising CUDA: the NVIDIA driver's entry per GPU under
+    /proc (instant), else nvidia-smi (up to seconds per call on some hosts), else 0."""
+    if proc_dir.is_dir():
+        return sum(1 for entry in proc_dir.iterdir() if entry.is_dir())
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)
@@ -43,55 +46,83 @@ def jobs_per_gpu() -> int:
     return max(1, int(os.environ.get("ICP_JOBS_PER_GPU") or 1))
 
 
-def acquire_gpu(count: int, directory: Path | None = None, poll_seconds: float = 2.0, per_gpu: int = 1) -> int:
-    """Lock a slot of one of GPUs 0..count-1 for this process (waiting while all are taken);
-    returns the GPU's index. Slot k of every GPU is tried before slot k+1 of any."""
+def acquire_gpu(count: int, directory: Path | None = None, poll_seconds: float = 2.0, per_gpu: int = 1,
+                slots: int = 1) -> int:
+    """Lock `slots` slots of one of GPUs 0..count-1 for this process (waiting while no GPU has that
+    many free); returns the GPU's index. Slot k of every GPU is tried before slot k+1 of any, so
+    single-slot jobs spread evenly; a job asking for every slot (`slots` = `per_gpu`) gets a GPU
+    to itself."""
     directory = directory or lock_dir()
     directory.mkdir(parents=True, exist_ok=True)
+    slots = min(max(1, slots), per_gpu)
     while True:
-        for slot in range(per_gpu):
+        if slots == 1:
+            for slot in range(per_gpu):
+                for index in range(count):
+                    handle = _try_lock(_slot_file(directory, index, slot))
+                    if handle is not None:
+                        _held.append(handle)
+                        return index
+        else:
             for index in range(count):
-                name = f"gpu{index}.lock" if slot == 0 else f"gpu{index}.{slot}.lock"
-                handle = open(directory / name, "a+")
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                held = []
+                for slot in range(per_gpu):
+                    handle = _try_lock(_slot_file(directory, index, slot))
+                    if handle is not None:
+                        held.append(handle)
+                    if len(held) == slots:
+                        _held.extend(held)
+                        return index
+                for handle in held:  # too few free slots on this GPU: let them go again
                     handle.close()
-                    continue
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"{os.getpid()}\n")
-                handle.flush()
-                _held.append(handle)
-                return index
         time.sleep(poll_seconds)
 
 
-def pin_job_to_one_gpu(device: str, log=print) -> int | None:
-    """Give this job one GPU (a slot of it) when it may use any (see module docstring)."""
+def _slot_file(directory: Path, index: int, slot: int) -> Path:
+    return directory / (f"gpu{index}.lock" if slot == 0 else f"gpu{index}.{slot}.lock")
+
+
+def _try_lock(path: Path) -> IO | None:
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def pin_job_to_one_gpu(device: str, slots: int = 1, log=print) -> int | None:
+    """Give this job one GPU (`slots` of its slots) when it may use any (see module docstring)."""
     if device not in ("auto", "cuda") or "CUDA_VISIBLE_DEVICES" in os.environ:
         return None
     count = visible_gpu_count()
     if count < 2:
         return None
     per_gpu = jobs_per_gpu()
-    index = acquire_gpu(count, per_gpu=per_gpu)
+    index = acquire_gpu(count, per_gpu=per_gpu, slots=slots)
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
-    log(f"pinned to GPU {index} of {count}" + (f" ({per_gpu} jobs per GPU)" if per_gpu > 1 else ""))
+    shared = f" ({min(slots, per_gpu)} of its {per_gpu} job slots)" if per_gpu > 1 else ""
+    log(f"pinned to GPU {index} of {count}{shared}")
     return index
 
 
-def limit_shared_gpu_memory(device: str, log=print) -> float | None:
-    """With ICP_JOBS_PER_GPU = k > 1, cap this job's CUDA allocations at 1/k of the GPU, so one job
-    that runs away (an out-of-memory error of its own) cannot starve the jobs sharing its GPU."""
+def limit_shared_gpu_memory(device: str, slots: int = 1, log=print) -> float | None:
+    """With ICP_JOBS_PER_GPU = k > 1, cap this job's CUDA allocations at `slots`/k of the GPU (the
+    share it holds), so one job that runs away (an out-of-memory error of its own) cannot starve the
+    jobs sharing its GPU. A job holding every slot is not capped."""
     per_gpu = jobs_per_gpu()
-    if per_gpu < 2 or not device.startswith(("cuda", "auto")):
+    if slots >= per_gpu or not device.startswith(("cuda", "auto")):
         return None
     import torch
 
     if not torch.cuda.is_available():
         return None
-    fraction = 1.0 / per_gpu
+    fraction = slots / per_gpu
     index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
     torch.cuda.set_per_process_memory_fraction(fraction, index)
     log(f"GPU shared by {per_gpu} jobs: this one may allocate {fraction:.0%} of its memory")

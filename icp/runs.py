@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import torch
 
 from .checkpoint import BlockFiles, atomic_torch_save
-from .engine import BlockRunner, PrunePlan, Streams, cpu_state, replay_step, run_step
+from .engine import BlockRunner, PrunePlan, Streams, cpu_state, place_stream, replay_step, run_step
 from .methods import PRUNERS
 from .methods.icp import Compensation
 from .methods.pattern import Pattern, parse_pattern
@@ -112,11 +114,15 @@ def prune_group(
     needs it and it holds no tensors. With `offload_streams` the hidden-state streams stay in host
     memory and only one batch at a time visits the accelerator.
     """
-    config = load_config(dense_dir)
-    adapter = adapter_for(config.model_type)
-    carry = torch.load(carry_in, map_location="cpu", weights_only=True)
-    if "error" not in carry:
-        raise ValueError(f"{carry_in} holds no window state (it is the carry of a model's last block group)")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as reader:  # the streams are read while the model code imports
+        reading = reader.submit(read_window_state, carry_in, device, offload_streams)
+        config = load_config(dense_dir)
+        adapter = adapter_for(config.model_type)
+        carry = reading.result()
+    stream_bytes = sum(carry[k].nbytes for k in ("error", "dense") if carry.get(k) is not None)
+    log(f"{stream_bytes / 2**30:.2f} GiB of streams read and {config.model_type} code imported "
+        f"in {time.perf_counter() - started:.1f}s")
     dtype = carry["error"].dtype
     runner = BlockRunner(adapter, config, CheckpointReader(dense_dir), device, dtype, carry["error"].shape[1], batch_size)
     blocks = range(blocks.start, min(blocks.stop, runner.num_blocks))
@@ -127,7 +133,6 @@ def prune_group(
         streams, pending = Streams(carry["error"], carry["dense"], carry["dense_ahead"]), carry["pending"]
     else:  # the first group starts from the cached dense block-0 inputs
         streams, pending = Streams.from_block0(carry["error"], plan), None
-    streams = streams.placed(device, offload_streams)
     del carry
 
     files = BlockFiles(out_blocks, spec.to_dict(), blocks, adapter.block_prefix)
@@ -151,11 +156,26 @@ def prune_group(
         files.flush()
         raise
 
+    started = time.perf_counter()
     records = files.commit()
+    log(f"finished blocks on disk {time.perf_counter() - started:.1f}s after the last one")
     Path(out_record).parent.mkdir(parents=True, exist_ok=True)
     Path(out_record).write_text(json.dumps(records, indent=1))
     final = blocks.stop >= runner.num_blocks
     atomic_torch_save({"final": True} if final else _carry_dict(streams, pending), Path(carry_out))
+
+
+def read_window_state(path: str | Path, device: str, offload_streams: bool) -> dict[str, Any]:
+    """A carry file with its streams already placed for the engine (see `place_stream`). Toward
+    CUDA the file is memory-mapped, so each stream is copied once, from the page cache straight
+    into pinned or device memory, instead of through a pageable copy first."""
+    carry = torch.load(path, map_location="cpu", weights_only=True, mmap=torch.device(device).type == "cuda")
+    if "error" not in carry:
+        raise ValueError(f"{path} holds no window state (it is the carry of a model's last block group)")
+    for key in ("error", "dense"):
+        if carry.get(key) is not None:
+            carry[key] = place_stream(carry[key], device, offload_streams)
+    return carry
 
 
 def _carry_dict(streams: Streams, pending) -> dict[str, Any]:

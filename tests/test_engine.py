@@ -105,6 +105,23 @@ def test_compensation_lowers_block_output_error(setup):
     assert after < 0.9 * before
 
 
+def test_compensation_of_a_half_precision_block_on_the_cpu(setup):
+    """On the CPU the block trains in fp32: the fp16 masks (and Llama's rotary tables) follow it."""
+    model_dir, model, tmp, evals = setup
+    config = load_config(model_dir)
+    adapter = adapter_for(config.model_type)
+    runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float16, 32)
+    x = torch.load(tmp / "x0.pt")["error"].half()
+    target = runner.forward(runner.load(1), x)
+    block = runner.load(1)
+    noisy = (x.float() + 0.3 * x.float().std() * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).half()
+    before = float((runner.forward(block, noisy) - target).float().pow(2).mean())
+    result = compensate(block, adapter, runner.kwargs, noisy, target, Compensation(epochs=3, lr=1e-3))
+    after = float((runner.forward(block, noisy) - target).float().pow(2).mean())
+    assert result["epochs"] == 3 and next(block.parameters()).dtype == torch.float16
+    assert after < 0.9 * before
+
+
 def test_resume_after_kill_is_bit_identical(setup, monkeypatch):
     model_dir, model, tmp, evals = setup
     spec = RunSpec("icp", sparsity=0.5, alpha=0.8, beta=0.9, compensation={"lr": 1e-3})

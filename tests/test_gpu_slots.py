@@ -92,3 +92,39 @@ def test_shared_gpu_memory_cap_names_the_device_index(monkeypatch):
     assert calls == [(0.25, 0), (0.25, 1)]
     monkeypatch.setenv("ICP_JOBS_PER_GPU", "1")
     assert gpu_slots.limit_shared_gpu_memory("cuda", log=lambda m: None) is None
+
+
+def test_a_timing_job_takes_every_slot_of_one_gpu(monkeypatch, tmp_path):
+    """A job asking for all slots waits for a GPU with that many free, then shuts the others out."""
+    monkeypatch.setattr(gpu_slots, "_held", [])
+    assert gpu_slots.acquire_gpu(2, tmp_path, poll_seconds=0.1, per_gpu=2) == 0  # one slot of GPU 0
+    assert gpu_slots.acquire_gpu(2, tmp_path, poll_seconds=0.1, per_gpu=2, slots=2) == 1  # all of GPU 1
+    assert gpu_slots.acquire_gpu(2, tmp_path, poll_seconds=0.1, per_gpu=2) == 0  # GPU 0's other slot
+    assert len(gpu_slots._held) == 4
+    # every slot is now taken: a further job (another process) waits until a holder ends
+    holder = _start(2, tmp_path, 0)
+    time.sleep(1.0)
+    assert holder.poll() is None
+    for handle in gpu_slots._held[1:3]:  # the timing job ends
+        handle.close()
+    assert holder.stdout.readline().split()[0] == "1"
+    holder.wait(timeout=30)
+
+
+def test_gpu_count_from_the_driver_without_nvidia_smi(tmp_path):
+    for bus in ("0000:18:00.0", "0000:2a:00.0"):
+        (tmp_path / bus).mkdir()
+    assert gpu_slots.visible_gpu_count(tmp_path) == 2
+
+
+def test_memory_cap_is_the_share_of_slots_held(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setenv("ICP_JOBS_PER_GPU", "4")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    assert gpu_slots.limit_shared_gpu_memory("cuda", slots=2, log=lambda m: None) == 0.5
+    assert gpu_slots.limit_shared_gpu_memory("cuda", slots=4, log=lambda m: None) is None
+    assert calls == [(0.5, 0)]

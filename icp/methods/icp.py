@@ -98,6 +98,8 @@ def compensate(
                                   fused=True if device.type == "cuda" else None)
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + seed_offset)
     use_amp = settings.amp and device.type == "cuda"
+    if not use_amp:  # the block trains in fp32: masks and rotary tables of an fp16/bf16 model follow it
+        block_kwargs = {name: _as_fp32(value) for name, value in block_kwargs.items()}
     staged = inputs.device.type == "cpu" and device.type == "cuda"
     if staged:
         input_batches, target_batches = _PinnedStaging(inputs, device), _PinnedStaging(targets, device)
@@ -126,3 +128,12 @@ def compensate(
         p.requires_grad_(False)
     block.to(dtype).eval()
     return {"epochs": settings.epochs, "epoch_loss": [float(v) for v in epoch_losses]}
+
+
+def _as_fp32(value: Any) -> Any:
+    """Floating tensors (also inside tuples, e.g. rotary cos/sin) as fp32; anything else as is."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_as_fp32(v) for v in value)
+    return value

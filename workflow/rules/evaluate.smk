@@ -112,6 +112,7 @@ rule inference_speed:
         meta=lambda wc: run_meta(wc),
         settings=json.dumps(X.inference_settings(config)),
         device=DEVICE,
+        slots=int(config.get("jobs_per_gpu", 1)),
     conda:
         "../envs/icp.yaml"
     log:
@@ -119,8 +120,10 @@ rule inference_speed:
     benchmark:
         "results/{model}/benchmarks/evals/{run}/inference-{key}.tsv"
     resources:
-        # timings need the GPU to themselves: on one GPU this takes all of its jobs_per_gpu slots
+        # timings need a GPU to themselves: the job counts as jobs_per_gpu GPU jobs here and, on a
+        # multi-GPU host, locks every slot of the GPU it is pinned to (icp/gpu_slots.py)
         gpu=int(config.get("jobs_per_gpu", 1)) if uses_gpu() else 0,
     shell:
         "{params.icp} inference-speed --dense-dir results/{wildcards.model}/dense --model-dir {params.model_dir} "
-        "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --out {output} > {log} 2>&1"
+        "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --gpu-slots {params.slots} "
+        "--out {output} > {log} 2>&1"
