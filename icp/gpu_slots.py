@@ -6,7 +6,8 @@ GPU and restricts itself to that GPU with ``CUDA_VISIBLE_DEVICES``. Each GPU has
 ``ICP_JOBS_PER_GPU`` slots (the config's `jobs_per_gpu`, default 1: a GPU of its own; small
 models can share), filled GPU by GPU in turn so the load spreads evenly. The lock belongs to the
 process, so it is released when the job ends in any way, a kill included. A job that finds every
-slot taken waits for one.
+slot taken waits for one. A timing job (2:4 inference) locks every slot of one GPU, so nothing
+shares the GPU it times on; its rule also counts it as `jobs_per_gpu` GPU jobs for Snakemake.
 
 Nothing happens when ``CUDA_VISIBLE_DEVICES`` is already set (SLURM and most schedulers set it),
 when the device was named explicitly (``cuda:N``), or when the host has fewer than two GPUs.
