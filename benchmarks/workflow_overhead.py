@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--code", default=str(REPO), help="the pipeline checkout to run (Snakefile + icp package)")
     parser.add_argument("--label", default="this commit")
+    parser.add_argument("--blocks-per-step", default=None,
+                        help="override config/paper.yaml's engine.blocks_per_step (e.g. 1: one job per block)")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on the CPU: checks this script, times nothing")
     args = parser.parse_args()
     work = Path(args.work)
@@ -86,6 +88,9 @@ def main() -> None:
     print(f"random checkpoint ready in {time.perf_counter() - started:.0f} s", flush=True)
 
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    engine = dict(paper["engine"])
+    if args.blocks_per_step is not None:
+        engine["blocks_per_step"] = "all" if args.blocks_per_step == "all" else int(args.blocks_per_step)
     config = {
         "device": "cpu" if args.smoke else "cuda",
         "models": {"opt-6.7b-random": {"source": str(model_dir), "dtype": "float32" if args.smoke else "float16",
@@ -93,7 +98,7 @@ def main() -> None:
         "corpora": {"text": {"source": "files", "paths": [str(text_file)], "label": "Text"}},
         "calibration": {"corpus": "text", "nsamples": 4 if args.smoke else 128, "seqlen": 128 if args.smoke else 2048,
                         "seed": 0, "sampler": "stream"},
-        "engine": paper["engine"],
+        "engine": engine,
         "methods": {"icp": paper["methods"]["icp"]},
         "perplexity": {"seqlen": 2048, "max_windows": 4},
         "zeroshot": {"offline": True, "tasks": {"unused": {"metric": "acc"}}},  # required; no table asks for it
@@ -103,28 +108,41 @@ def main() -> None:
 
     from icp.experiments import all_experiments
 
+    from icp.runs import block_groups
+
     run = next(run for (model, run), exp in all_experiments(config).items() if exp.spec is not None)
-    target = f"results/opt-6.7b-random/runs/{run}/steps/000.json"
+    groups = range(len(block_groups(args.layers, engine["blocks_per_step"])))
+    steps = f"results/opt-6.7b-random/runs/{run}/steps"
+    targets = [f"{steps}/{g:03d}.json" for g in groups]
     code = Path(args.code).resolve()
-    shutil.rmtree(work / f"results/opt-6.7b-random/runs/{run}", ignore_errors=True)  # the step runs afresh
-    cmd = [sys.executable, "-m", "snakemake", target, "-s", str(code / "Snakefile"), "-d", str(work), "--profile",
+    shutil.rmtree(work / f"results/opt-6.7b-random/runs/{run}", ignore_errors=True)  # the steps run afresh
+    cmd = [sys.executable, "-m", "snakemake", *targets, "-s", str(code / "Snakefile"), "-d", str(work), "--profile",
            str(code / "profiles" / "gpu"), "--resources", "gpu=1", "--configfile", str(work / "config.yaml")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])}
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     print(done.stdout[-3000:], done.stderr[-3000:], flush=True)
     done.check_returncode()
-    print(f"snakemake done in {time.perf_counter() - started:.0f} s", flush=True)
+    wall_s = time.perf_counter() - started
+    print(f"snakemake done in {wall_s:.0f} s", flush=True)
 
-    records = json.loads((work / target).read_text())
+    records = [r for target in targets for r in json.loads((work / target).read_text())]
     engine_s = sum(r["seconds"] for r in records)
-    with open(work / f"results/opt-6.7b-random/benchmarks/runs/{run}/step-000.tsv") as f:
-        job_s = float(next(csv.DictReader(f, delimiter="\t"))["s"])
-    log = (work / f"results/opt-6.7b-random/logs/runs/{run}/step-000.log").read_text()
-    row = {"label": args.label, "run": run, "blocks": len(records), "engine_s": engine_s, "job_s": job_s,
-           "ratio": job_s / engine_s, "peak_gpu_gib": records[0].get("peak_gpu_gib"),
-           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "engine": paper["engine"], "breakdown": breakdown(log, job_s, engine_s),
-           "log_head": log.splitlines()[:4], "log_tail": log.splitlines()[-4:]}
+    job_s, parts, logs = 0.0, [], []
+    for g in groups:
+        with open(work / f"results/opt-6.7b-random/benchmarks/runs/{run}/step-{g:03d}.tsv") as f:
+            step_s = float(next(csv.DictReader(f, delimiter="\t"))["s"])
+        log = (work / f"results/opt-6.7b-random/logs/runs/{run}/step-{g:03d}.log").read_text()
+        step_engine = sum(r["seconds"] for r in json.loads((work / f"{steps}/{g:03d}.json").read_text()))
+        job_s += step_s
+        parts.append(breakdown(log, step_s, step_engine))
+        logs.append(log)
+    total = None if None in parts else {key: sum(part[key] for part in parts) for key in parts[0]}
+    row = {"label": args.label, "run": run, "blocks": len(records), "jobs": len(targets), "engine_s": engine_s,
+           "job_s": job_s, "ratio": job_s / engine_s, "snakemake_wall_s": wall_s,
+           "peak_gpu_gib": records[0].get("peak_gpu_gib"),
+           "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "engine": engine,
+           "breakdown": total, "log_head": logs[0].splitlines()[:4], "log_tail": logs[-1].splitlines()[-4:]}
     print(json.dumps(row, indent=1), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,11 +163,12 @@ def breakdown(log: str, job_s: float, engine_s: float) -> dict[str, float] | Non
     ready = number(r"code imported in ([\d.]+)s")
     last_file = number(r"on disk ([\d.]+)s after the last one")
     done = number(r"step done ([\d.]+)s after the process started")
+    carry = number(r"written in ([\d.]+)s \(") or 0.0  # the window state for the next job, if any
     if None in (start, ready, last_file, done):
         return None
     return {"start_to_first_log_s": start, "streams_and_model_code_s": ready, "engine_s": engine_s,
-            "last_block_file_s": last_file,
-            "other_in_process_s": done - start - ready - engine_s - last_file,
+            "last_block_file_s": last_file, "carry_write_s": carry,
+            "other_in_process_s": done - start - ready - engine_s - last_file - carry,
             "exit_and_snakemake_s": job_s - done}
 
 

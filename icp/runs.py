@@ -162,7 +162,11 @@ def prune_group(
     Path(out_record).parent.mkdir(parents=True, exist_ok=True)
     Path(out_record).write_text(json.dumps(records, indent=1))
     final = blocks.stop >= runner.num_blocks
+    started = time.perf_counter()
     atomic_torch_save({"final": True} if final else _carry_dict(streams, pending), Path(carry_out))
+    if not final:
+        log(f"window state for block {blocks.stop} written in {time.perf_counter() - started:.1f}s "
+            f"({Path(carry_out).stat().st_size / 2**30:.2f} GiB)")
 
 
 def read_window_state(path: str | Path, device: str, offload_streams: bool) -> dict[str, Any]:
