@@ -97,8 +97,10 @@ def test_pruned_checkpoints_are_complete(finished):
         rec = json.loads(path.read_text())
         assert rec["measured_sparsity"] == pytest.approx(0.5, abs=1e-6)
         assert len(rec["blocks"]) == 3
-    # temp window states are gone once the run is assembled
+    # temp window states, and the steps' copies of the pruned blocks, are gone once the run is
+    # assembled (test_nothing_left_to_do: and nothing is planned again for their absence)
     assert not list((root / "results").rglob("*.carry.pt"))
+    assert list((root / "results").rglob("steps/*.json")) and not list((root / "results").rglob("steps/*.blocks"))
 
 
 def test_nothing_left_to_do(finished):

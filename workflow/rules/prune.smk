@@ -10,7 +10,9 @@ rule prune_step:
         dense_config=rules.export_dense.output.config,  # the block groups (params) are read from it
         carry=carry_in,
     output:
-        blocks=directory("results/{model}/runs/{run}/steps/{group}.blocks"),
+        # the assembled model holds every pruned block: once it is written the step's copy goes
+        # (halves a grid's disk use; `snakemake --notemp` keeps them)
+        blocks=temp(directory("results/{model}/runs/{run}/steps/{group}.blocks")),
         record="results/{model}/runs/{run}/steps/{group}.json",
         carry=temp("results/{model}/runs/{run}/steps/{group}.carry.pt"),
     params:
