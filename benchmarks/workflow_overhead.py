@@ -107,7 +107,6 @@ def main() -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     from icp.experiments import all_experiments
-
     from icp.runs import block_groups
 
     run = next(run for (model, run), exp in all_experiments(config).items() if exp.spec is not None)
@@ -126,17 +125,17 @@ def main() -> None:
     wall_s = time.perf_counter() - started
     print(f"snakemake done in {wall_s:.0f} s", flush=True)
 
-    records = [r for target in targets for r in json.loads((work / target).read_text())]
-    engine_s = sum(r["seconds"] for r in records)
-    job_s, parts, logs = 0.0, [], []
-    for g in groups:
+    records, job_s, parts, logs = [], 0.0, [], []
+    for g, target in zip(groups, targets):
+        step_records = json.loads((work / target).read_text())
         with open(work / f"results/opt-6.7b-random/benchmarks/runs/{run}/step-{g:03d}.tsv") as f:
             step_s = float(next(csv.DictReader(f, delimiter="\t"))["s"])
         log = (work / f"results/opt-6.7b-random/logs/runs/{run}/step-{g:03d}.log").read_text()
-        step_engine = sum(r["seconds"] for r in json.loads((work / f"{steps}/{g:03d}.json").read_text()))
+        records += step_records
         job_s += step_s
-        parts.append(breakdown(log, step_s, step_engine))
+        parts.append(breakdown(log, step_s, sum(r["seconds"] for r in step_records)))
         logs.append(log)
+    engine_s = sum(r["seconds"] for r in records)
     total = None if None in parts else {key: sum(part[key] for part in parts) for key in parts[0]}
     row = {"label": args.label, "run": run, "blocks": len(records), "jobs": len(targets), "engine_s": engine_s,
            "job_s": job_s, "ratio": job_s / engine_s, "snakemake_wall_s": wall_s,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from icp import gpu_slots
 
 HOLDER = """
@@ -77,8 +79,9 @@ def test_jobs_per_gpu_fill_every_gpu_in_turn(monkeypatch, tmp_path):
     assert gpu_slots.jobs_per_gpu() == 3
 
 
-def test_shared_gpu_memory_cap_names_the_device_index(monkeypatch):
-    """The cap is set on the job's own device, given to torch as an index ("cuda" alone is refused)."""
+@pytest.fixture
+def memory_caps(monkeypatch) -> list[tuple[float, int]]:
+    """Four jobs per GPU on a CUDA device that records the memory fractions set on it."""
     import torch
 
     calls = []
@@ -86,6 +89,12 @@ def test_shared_gpu_memory_cap_names_the_device_index(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    return calls
+
+
+def test_shared_gpu_memory_cap_names_the_device_index(monkeypatch, memory_caps):
+    """The cap is set on the job's own device, given to torch as an index ("cuda" alone is refused)."""
+    calls = memory_caps
     assert gpu_slots.limit_shared_gpu_memory("cuda", log=lambda m: None) == 0.25
     assert gpu_slots.limit_shared_gpu_memory("cuda:1", log=lambda m: None) == 0.25
     assert gpu_slots.limit_shared_gpu_memory("cpu", log=lambda m: None) is None
@@ -117,14 +126,8 @@ def test_gpu_count_from_the_driver_without_nvidia_smi(tmp_path):
     assert gpu_slots.visible_gpu_count(tmp_path) == 2
 
 
-def test_memory_cap_is_the_share_of_slots_held(monkeypatch):
-    import torch
-
-    calls = []
-    monkeypatch.setenv("ICP_JOBS_PER_GPU", "4")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+def test_memory_cap_is_the_share_of_slots_held(memory_caps):
+    calls = memory_caps
     assert gpu_slots.limit_shared_gpu_memory("cuda", slots=2, log=lambda m: None) == 0.5
     assert gpu_slots.limit_shared_gpu_memory("cuda", slots=4, log=lambda m: None) is None
     assert calls == [(0.5, 0)]

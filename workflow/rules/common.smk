@@ -30,7 +30,8 @@ def torch_threads():
 
 # Handed to the jobs through the environment: a rerun trigger would fire on a params change when
 # the same workflow later runs with other --cores, but never on the environment.
-os.environ.update(ICP_TORCH_THREADS=str(torch_threads()), ICP_JOBS_PER_GPU=str(config.get("jobs_per_gpu", 1)))
+JOBS_PER_GPU = int(config.get("jobs_per_gpu", 1))  # GPU job slots per GPU (icp/gpu_slots.py)
+os.environ.update(ICP_TORCH_THREADS=str(torch_threads()), ICP_JOBS_PER_GPU=str(JOBS_PER_GPU))
 ICP_CLI = f"{sys.executable} -m icp.cli"
 
 

@@ -112,7 +112,7 @@ rule inference_speed:
         meta=lambda wc: run_meta(wc),
         settings=json.dumps(X.inference_settings(config)),
         device=DEVICE,
-        slots=int(config.get("jobs_per_gpu", 1)),
+        slots=JOBS_PER_GPU,
     conda:
         "../envs/icp.yaml"
     log:
@@ -122,7 +122,7 @@ rule inference_speed:
     resources:
         # timings need a GPU to themselves: the job counts as jobs_per_gpu GPU jobs here and, on a
         # multi-GPU host, locks every slot of the GPU it is pinned to (icp/gpu_slots.py)
-        gpu=int(config.get("jobs_per_gpu", 1)) if uses_gpu() else 0,
+        gpu=JOBS_PER_GPU if uses_gpu() else 0,
     shell:
         "{params.icp} inference-speed --dense-dir results/{wildcards.model}/dense --model-dir {params.model_dir} "
         "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --gpu-slots {params.slots} "
