@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .models.loading import is_sam_source
+from .methods.icp import hashed_compensation
 from .runs import RunSpec, short_hash
 
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
@@ -54,13 +55,25 @@ def is_sam(config: dict[str, Any], model: str) -> bool:
     return is_sam_source(config["models"][model]["source"])
 
 
-def calibration_key(config: dict[str, Any], model: str) -> str:
+def model_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """A model's entry as the hashes of its data and evaluations hold it: its own method settings
+    are left out (they reach only the runs of their method, through the run's spec)."""
+    return {k: v for k, v in config["models"][model].items() if k != "methods"}
+
+
+def calibration_section(config: dict[str, Any], model: str, override: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The calibration settings of a model's runs: `calibration` (language models) or
+    `sam.calibration` (SAM), with a method's own `calibration` override (e.g. a seed) on top."""
+    base = config["sam"]["calibration"] if is_sam(config, model) else config["calibration"]
+    return {**base, **override} if override else base
+
+
+def calibration_key(config: dict[str, Any], model: str, override: dict[str, Any] | None = None) -> str:
     """Hash of everything that decides the calibration inputs (token windows or images) and block-0 inputs."""
+    cal = calibration_section(config, model, override)
     if is_sam(config, model):
-        cal = config["sam"]["calibration"]
-        return short_hash({"model": config["models"][model], "calibration": cal, "images": config["image_sets"][cal["images"]]})
-    cal = config["calibration"]
-    return short_hash({"model": config["models"][model], "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
+        return short_hash({"model": model_entry(config, model), "calibration": cal, "images": config["image_sets"][cal["images"]]})
+    return short_hash({"model": model_entry(config, model), "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
 
 
 def calibration_path(config: dict[str, Any], model: str, key: str | None = None, root: str = "results") -> str:
@@ -99,7 +112,7 @@ def iou_path(config: dict[str, Any], model: str, run: str, dataset: str, root: s
 
 def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
     ppl = config["perplexity"]
-    return short_hash({"model": config["models"][model], "corpus": config["corpora"][corpus],
+    return short_hash({"model": model_entry(config, model), "corpus": config["corpora"][corpus],
                        "seqlen": ppl["seqlen"], "max_windows": ppl.get("max_windows")})
 
 
@@ -111,15 +124,37 @@ def zeroshot_key(config: dict[str, Any]) -> str:
 RESULT_NEUTRAL_OPTIONS = ("kernel",)
 
 
-def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float | None, wbits: int) -> RunSpec:
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def method_settings(config: dict[str, Any], method: str, model: str | None = None) -> dict[str, Any]:
+    """A method's settings for one model: `methods.<method>`, with the model's own
+    `models.<model>.methods.<method>` merged over it key by key (nested sections too), so a family
+    can run with its own settings (config/paper.yaml: the official scripts' per-family ICP)."""
     settings = dict(config["methods"].get(method) or {})
+    if model is not None:
+        own = ((config["models"].get(model) or {}).get("methods") or {}).get(method) or {}
+        settings = _merged(settings, own)
+    return settings
+
+
+def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float | None, wbits: int,
+              model: str | None = None) -> RunSpec:
+    settings = method_settings(config, method, model)
+    settings.pop("calibration", None)  # decides the calibration data (see `experiment`), not the pruner
     if method == "icp":
         inner = settings.get("inner", "sparsegpt")
+        inner_settings = method_settings(config, inner, model)
+        inner_settings.pop("calibration", None)
         return RunSpec(
             method="icp", pattern=pattern, sparsity=sparsity if sparsity is not None else 0.0, wbits=wbits,
             inner=inner, alpha=float(settings.get("alpha", 1.0)), beta=float(settings.get("beta", 1.0)),
-            compensation=dict(settings.get("compensation") or {}),
-            method_options=dict(config["methods"].get(inner) or {}),
+            compensation=hashed_compensation(dict(settings.get("compensation") or {})),
+            method_options=inner_settings,
             track_error=bool(config["engine"].get("track_error", True)),
         )
     return RunSpec(
@@ -131,8 +166,8 @@ def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float
 def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sparsity: float | None, wbits: int) -> Experiment:
     if method == "dense":
         return Experiment(model, "dense", None, calibration_key(config, model))
-    spec = make_spec(config, method, pattern, sparsity, wbits)
-    calibration = calibration_key(config, model)
+    spec = make_spec(config, method, pattern, sparsity, wbits, model)
+    calibration = calibration_key(config, model, method_settings(config, method, model).get("calibration"))
     hashed = spec.to_dict()
     hashed["method_options"] = {k: v for k, v in hashed["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
     digest = short_hash({
@@ -206,12 +241,14 @@ def inference_path(config: dict[str, Any], root: str = "results") -> str:
 
 
 def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[str, Any]:
-    """The calibration section behind `key` (the tables' own, or one an ablation sweeps to)."""
-    if key == calibration_key(config, model):
-        return config["calibration"]
-    for point in ablation_points(config):
-        if point.experiment.model == model and point.experiment.calibration == key:
-            return point.config["calibration"]
+    """The calibration section behind `key`: the tables' own, a method's override of it, or one an
+    ablation sweeps to."""
+    candidates = [config] + [point.config for point in ablation_points(config) if point.experiment.model == model]
+    for cfg in candidates:
+        overrides = [None] + [method_settings(cfg, m, model).get("calibration") for m in cfg["methods"]]
+        for override in overrides:
+            if calibration_key(cfg, model, override) == key:
+                return calibration_section(cfg, model, override)
     raise ValueError(f"no calibration setting of model {model!r} has the key {key!r}")
 
 
@@ -258,25 +295,34 @@ class AblationPoint:
     table_setting: bool  # the value is the tables' own
 
 
-def table_setting(config: dict[str, Any], parameter: str) -> float:
-    """The value the tables use for a swept parameter."""
+def table_setting(config: dict[str, Any], parameter: str, model: str | None = None) -> float:
+    """The value the tables use for a swept parameter (for `model`, with its own method settings)."""
     swept = SWEPT_PARAMETERS[parameter]
     node: Any = config
-    for key in swept.path:
+    path = swept.path
+    if path[0] == "methods" and model is not None:
+        node, path = method_settings(config, path[1], model), path[2:]
+    for key in path:
         if not isinstance(node, dict) or key not in node or node[key] is None:
             return swept.default
         node = node[key]
     return node
 
 
-def _with_value(config: dict[str, Any], path: tuple[str, ...], value: float) -> dict[str, Any]:
+def _with_value(config: dict[str, Any], path: tuple[str, ...], value: float, model: str | None = None) -> dict[str, Any]:
+    """The config with `path` set to `value`; a method setting is also set in the model's own
+    settings where those override it, so the swept value is the one the run gets."""
     changed = copy.deepcopy(config)
-    node = changed
-    for key in path[:-1]:
-        if node.get(key) is None:
-            node[key] = {}
-        node = node[key]
-    node[path[-1]] = value
+    targets = [path]
+    if path[0] == "methods" and model is not None and path[1] in ((config["models"][model].get("methods")) or {}):
+        targets.append(("models", model, *path))
+    for target in targets:
+        node = changed
+        for key in target[:-1]:
+            if node.get(key) is None:
+                node[key] = {}
+            node = node[key]
+        node[target[-1]] = value
     return changed
 
 
@@ -299,10 +345,10 @@ def ablation_points(config: dict[str, Any]) -> list[AblationPoint]:
     points = []
     for parameter, sweep in ablations["sweeps"].items():
         swept = SWEPT_PARAMETERS[parameter]
-        own = table_setting(config, parameter)
+        own = table_setting(config, parameter, model)
         for raw in sweep["values"]:
             value = int(raw) if swept.integer and float(raw).is_integer() else raw
-            changed = _with_value(config, swept.path, value)
+            changed = _with_value(config, swept.path, value, model)
             for method in sweep.get("methods") or ["icp"]:
                 for sparsity in ablations["sparsities"]:
                     exp = experiment(changed, model, method, "unstructured", float(sparsity), 16)

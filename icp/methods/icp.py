@@ -7,8 +7,10 @@ step; this module holds what ICP adds on top: the short, seeded training of B_{i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,17 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Compensation:
-    """Settings of the compensation fine-tune (ours to choose; the paper fixes only the idea).
+    """Settings of the compensation fine-tune (the paper fixes only the idea; see the README's table
+    of the official scripts' settings for how theirs map onto these).
 
     train: "all" trains every parameter of the block; "linear" only the prunable linears' weights.
-    amp: bf16 autocast on CUDA (master weights stay fp32); ignored on the CPU.
+    amp: mixed precision on CUDA (master weights stay fp32); ignored on the CPU.
+    autocast: the mixed-precision type: "bf16", or "fp16" with a gradient scaler (the official loop).
+    optimizer: "adamw" (decoupled weight decay) or "adam" (the official loop; L2 decay if any).
+    schedule: "none" (constant lr) or "exponential" (lr x gamma after every epoch, as the official
+        loop's ExponentialLR stepped once per epoch).
+    dropout: train with the block's dropout active (the official loop puts the block in train mode;
+        only OPT has nonzero dropout), drawn from a generator seeded like the sample order.
     """
 
     epochs: int = 1
@@ -30,12 +39,45 @@ class Compensation:
     train: str = "all"
     seed: int = 0
     amp: bool = True
+    autocast: str = "bf16"
+    optimizer: str = "adamw"
+    schedule: str = "none"
+    gamma: float = 1.0
+    dropout: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+        for name in ("lr", "weight_decay", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"compensation '{name}' must be a finite number, got {value!r}")
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"compensation '{name}' must be a whole number, got {value!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or self.weight_decay < 0:
             raise ValueError(f"invalid compensation settings: {asdict(self)}")
-        if self.train not in ("all", "linear"):
-            raise ValueError(f"compensation 'train' must be 'all' or 'linear', got {self.train!r}")
+        choices = {"train": ("all", "linear"), "autocast": ("bf16", "fp16"), "optimizer": ("adamw", "adam"),
+                   "schedule": ("none", "exponential")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"compensation '{name}' must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"compensation 'gamma' must be in (0, 1], got {self.gamma!r}")
+        if self.schedule == "none" and self.gamma != 1.0:
+            raise ValueError("compensation 'gamma' needs schedule: exponential (with schedule: none the lr is constant)")
+        for name in ("amp", "dropout"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"compensation '{name}' must be true or false, got {getattr(self, name)!r}")
+
+
+# Settings added after runs were already hashed: left out of a run's identity while at their
+# default, so runs made before they existed keep their hashes (and their results on disk).
+LATER_DEFAULTS = {"autocast": "bf16", "optimizer": "adamw", "schedule": "none", "gamma": 1.0, "dropout": False}
+
+
+def hashed_compensation(settings: dict[str, Any]) -> dict[str, Any]:
+    """The compensation settings as a run's hash holds them (see LATER_DEFAULTS)."""
+    return {k: v for k, v in settings.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def _trainable(block: nn.Module, adapter: Any, which: str) -> list[nn.Parameter]:
@@ -94,40 +136,80 @@ def compensate(
     for p in params:
         p.requires_grad_(True)
     device = next(block.parameters()).device  # the streams may live in host memory
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay,
-                                  fused=True if device.type == "cuda" else None)
+    optimizer = _optimizer(params, settings, device)
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + seed_offset)
     use_amp = settings.amp and device.type == "cuda"
+    amp_dtype = torch.float16 if settings.autocast == "fp16" else torch.bfloat16
+    # fp16 gradients underflow without loss scaling; the scaler's defaults are the official loop's
+    scaler = torch.amp.GradScaler("cuda") if use_amp and settings.autocast == "fp16" else None
     if not use_amp:  # the block trains in fp32: masks and rotary tables of an fp16/bf16 model follow it
         block_kwargs = {name: _as_fp32(value) for name, value in block_kwargs.items()}
+    if settings.dropout:
+        block.train()
     staged = inputs.device.type == "cpu" and device.type == "cuda"
     if staged:
         input_batches, target_batches = _PinnedStaging(inputs, device), _PinnedStaging(targets, device)
     samples = inputs.shape[0]
-    epoch_losses = []
-    for _epoch in range(settings.epochs):
-        order = torch.randperm(samples, generator=generator).to(inputs.device)
-        total = torch.zeros((), device=device)
-        steps = 0
-        for start in range(0, samples, settings.batch_size):
-            index = order[start : start + settings.batch_size]
-            if staged:
-                x, y = input_batches.batch(index).float(), target_batches.batch(index).float()
-            else:
-                x, y = inputs[index].to(device).float(), targets[index].to(device).float()
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = adapter.run_block(block, x, block_kwargs)
-            loss = F.mse_loss(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-            steps += 1
-        epoch_losses.append(total / steps)
+    epoch_losses, epoch_lrs = [], []
+    with _dropout_rng(settings, seed_offset, device):
+        for epoch in range(settings.epochs):
+            lr = settings.lr * (settings.gamma ** epoch if settings.schedule == "exponential" else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_lrs.append(lr)
+            order = torch.randperm(samples, generator=generator).to(inputs.device)
+            total = torch.zeros((), device=device)
+            steps = 0
+            for start in range(0, samples, settings.batch_size):
+                index = order[start : start + settings.batch_size]
+                if staged:
+                    x, y = input_batches.batch(index).float(), target_batches.batch(index).float()
+                else:
+                    x, y = inputs[index].to(device).float(), targets[index].to(device).float()
+                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                    out = adapter.run_block(block, x, block_kwargs)
+                loss = F.mse_loss(out.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+                    scaler.update()
+                total += loss.detach()
+                steps += 1
+            epoch_losses.append(total / steps)
+    record: dict[str, Any] = {"epochs": settings.epochs, "epoch_loss": [float(v) for v in epoch_losses]}
+    if settings.schedule != "none":
+        record["epoch_lr"] = epoch_lrs
+    return _finish(block, dtype, record)
+
+
+def _finish(block: nn.Module, dtype: torch.dtype, record: dict[str, Any]) -> dict[str, Any]:
     for p in block.parameters():
         p.requires_grad_(False)
     block.to(dtype).eval()
-    return {"epochs": settings.epochs, "epoch_loss": [float(v) for v in epoch_losses]}
+    return record
+
+
+def _optimizer(params: list[nn.Parameter], settings: Compensation, device: torch.device) -> torch.optim.Optimizer:
+    fused = True if device.type == "cuda" else None
+    kind = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+    return kind(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused)
+
+
+@contextmanager
+def _dropout_rng(settings: Compensation, seed_offset: int, device: torch.device) -> Iterator[None]:
+    """With dropout on, the global generators (which dropout draws from) seeded per block inside,
+    and restored after: a resumed run replays the same masks, and nothing outside is disturbed."""
+    if not settings.dropout:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(settings.seed * 1_000_003 + seed_offset + 7)
+        yield
 
 
 def _as_fp32(value: Any) -> Any:

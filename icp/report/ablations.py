@@ -84,7 +84,7 @@ def ablation_plots(frame: pd.DataFrame, config: dict[str, Any], out_dir: str | P
         for (method, sparsity), line in rows.groupby(["method", "sparsity"], sort=False):
             line = line.sort_values("value")
             ax.plot(line["value"], line["perplexity"], marker="o", label=_line_label(method, sparsity))
-        ax.axvline(float(X.table_setting(config, parameter)), color="black", linestyle=":", label="tables' setting")
+        ax.axvline(float(X.table_setting(config, parameter, config["ablations"]["model"])), color="black", linestyle=":", label="tables' setting")
         if dense is not None:
             ax.axhline(dense, color="gray", linestyle="--", label="Dense")
         if parameter == "lr" or (parameter == "nsamples" and rows["value"].max() / max(rows["value"].min(), 1) >= 8):

@@ -59,13 +59,13 @@ rule shape_images:
 rule calibration_images:
     input:
         rules.export_dense.output.config,
-        lambda wc: image_set_inputs(config["sam"]["calibration"]["images"]),
+        lambda wc: image_set_inputs(X.calibration_settings(config, wc.model, wc.key)["images"]),
     output:
         "results/{model}/data/calib-images-{key}.pt",
     params:
         icp=ICP_CLI,
-        image_set=lambda wc: json.dumps(X.concrete_image_set(config, config["sam"]["calibration"]["images"])),
-        cal=lambda wc: config["sam"]["calibration"],
+        image_set=lambda wc: json.dumps(X.concrete_image_set(config, X.calibration_settings(config, wc.model, wc.key)["images"])),
+        cal=lambda wc: X.calibration_settings(config, wc.model, wc.key),
     conda:
         "../envs/icp.yaml"
     log:
