@@ -65,9 +65,10 @@ def our_config(setting: dict[str, Any], seed: int, **changes: Any) -> dict[str, 
                     "amp": True, "autocast": "fp16", "optimizer": "adam", "seed": seed}
     if setting["gamma"] != 1.0:
         compensation.update(schedule="exponential", gamma=setting["gamma"])
+    inner = {k: changes.pop(k) for k in ("kernel",) if k in changes}  # the inner SparseGPT's options
     compensation.update(changes)
     return {"alpha": setting["alpha"] if setting["alpha_applied"] else 1.0,
-            "beta": 1.0 - setting["their_beta"], "compensation": compensation}
+            "beta": 1.0 - setting["their_beta"], "compensation": compensation, "method_options": inner}
 
 
 def their_block_sparsities(num_blocks: int, sparsity: float, alpha: float, applied: bool) -> list[float]:
@@ -164,7 +165,8 @@ def _their_training(block: nn.Module, adapter: Any, kwargs: dict[str, Any], erro
 
 
 def run_ours(dense_dir: Path, x0_path: Path, work: Path, sparsity: float, icp: dict[str, Any], device: str) -> nn.Module:
-    spec = RunSpec("icp", sparsity=sparsity, alpha=icp["alpha"], beta=icp["beta"], compensation=icp["compensation"])
+    spec = RunSpec("icp", sparsity=sparsity, alpha=icp["alpha"], beta=icp["beta"], compensation=icp["compensation"],
+                   method_options=icp.get("method_options", {}))
     out = work / "ours"
     prune_group(dense_dir, spec, range(0, 10_000), x0_path, out / "blocks", out / "r.json", out / "c.pt",
                 device=device, batch_size=8, log=lambda s: None)
@@ -234,22 +236,23 @@ def main() -> None:
     for name in args.settings:
         setting = SETTINGS[name]
         for seed in args.seeds:
-            if (name, "theirs", seed) in done:
-                continue
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = theirs_tf32
-            started = time.perf_counter()
-            theirs_model, _ = load_model(str(dense_dir))
-            info = run_official(official, theirs_model, adapter, x0, args.sparsity, setting, seed, device)
-            ppl = perplexity(theirs_model.to(device), evals, batch_size=8)
-            runs.append({"setting": name, "impl": "theirs", "seed": seed, "ppl": ppl,
-                         "seconds": time.perf_counter() - started, **info})
-            print(json.dumps(runs[-1]), flush=True)
-            del theirs_model
+            if (name, "theirs", seed) not in done:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = theirs_tf32
+                started = time.perf_counter()
+                theirs_model, _ = load_model(str(dense_dir))
+                info = run_official(official, theirs_model, adapter, x0, args.sparsity, setting, seed, device)
+                ppl = perplexity(theirs_model.to(device), evals, batch_size=8)
+                runs.append({"setting": name, "impl": "theirs", "seed": seed, "ppl": ppl,
+                             "seconds": time.perf_counter() - started, **info})
+                print(json.dumps(runs[-1]), flush=True)
+                del theirs_model
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
             for impl, changes in variants.items():
                 if changes and name not in args.variant_settings:
                     continue
-                icp = our_config(setting, seed, **changes)
+                if (name, impl, seed) in done:
+                    continue
+                icp = our_config(setting, seed, **dict(changes))
                 started = time.perf_counter()
                 ours_model = run_ours(dense_dir, work / "x0.pt", work / f"{name}-{seed}", args.sparsity, icp, str(device))
                 ppl = perplexity(ours_model.to(device), evals, batch_size=8)
