@@ -23,6 +23,23 @@ CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "toke
                 "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
 
 
+class DamagedFile(RuntimeError):
+    """A file one of our jobs wrote that no longer reads back (truncated, overwritten, torn)."""
+
+
+def load_cached(path: str | Path, made_by: str, **load_args: Any) -> Any:
+    """`torch.load` of a file a job of this pipeline wrote. A damaged file is removed, so the next
+    run rebuilds it (Snakemake sees it missing), and the error names it and the rule that makes it."""
+    try:
+        return torch.load(path, weights_only=True, **load_args)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a broken archive
+        Path(path).unlink(missing_ok=True)
+        raise DamagedFile(f"{path} is damaged ({type(err).__name__}: {err}); it has been removed: run the "
+                          f"workflow again and rule {made_by} rebuilds it") from None
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -48,9 +65,10 @@ class BlockFiles:
         self._writer = ThreadPoolExecutor(max_workers=1)
         self._pending: list[Future] = []
 
-    def finished(self) -> list[dict[str, Any]]:
+    def finished(self, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
         """Records of the blocks already finished, from the group's first block on without gaps
-        (empty for a fresh start; the directory is reset when its key does not match)."""
+        (empty for a fresh start). Finished blocks of other settings are moved aside, never deleted;
+        a block whose file does not read back is done again, with every block after it."""
         key_file = self.dir / "key.json"
         if key_file.exists():
             try:
@@ -58,7 +76,9 @@ class BlockFiles:
             except json.JSONDecodeError:
                 same = False
             if not same:
-                shutil.rmtree(self.dir)
+                aside = self._aside()
+                os.replace(self.dir, aside)
+                log(f"{self.dir} holds blocks of other run settings: moved to {aside}")
         self.dir.mkdir(parents=True, exist_ok=True)
         key_file.write_text(json.dumps(self.key, sort_keys=True))
         records = []
@@ -68,9 +88,22 @@ class BlockFiles:
                 break
             try:
                 records.append(json.loads(record.read_text()))
-            except json.JSONDecodeError:  # torn write: that block is done again
+                self.load(index)  # the block file must read back before it is trusted
+            except Exception as err:  # noqa: BLE001 - a torn record, a truncated or overwritten block file
+                log(f"finished block {index} in {self.dir} does not read back ({type(err).__name__}); "
+                    f"it and the blocks after it are done again")
+                records = records[: index - self.blocks.start]
+                for later in range(index, self.blocks.stop):
+                    for suffix in (".json", ".safetensors"):
+                        (self.dir / f"block_{later:04d}{suffix}").unlink(missing_ok=True)
                 break
         return records
+
+    def _aside(self) -> Path:
+        n = 1
+        while (candidate := self.dir.with_name(f"{self.dir.name}.old-{n}")).exists():
+            n += 1
+        return candidate
 
     def load(self, index: int) -> dict[str, torch.Tensor]:
         """Finished block `index`'s tensors, names relative to the block (grids under GRID_PREFIX)."""

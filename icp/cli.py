@@ -68,11 +68,12 @@ def cmd_eval_tokens(a: argparse.Namespace) -> None:
 
 def cmd_activations(a: argparse.Namespace) -> None:
     from .activations import block0_inputs
+    from .checkpoint import load_cached
     from .models import adapter_for
     from .models.loading import load_config, load_model
 
     model, _ = load_model(a.model_dir, a.dtype)
-    inputs = torch.load(a.tokens, weights_only=True)  # token windows, or SAM's preprocessed images
+    inputs = load_cached(a.tokens, "calibration_tokens / calibration_images")  # token windows, or SAM's images
     if inputs.is_floating_point():
         inputs = inputs.to(next(model.parameters()).dtype)
     hidden = block0_inputs(model, adapter_for(load_config(a.model_dir).model_type), inputs)
@@ -153,13 +154,14 @@ def cmd_assemble(a: argparse.Namespace) -> None:
 
 
 def cmd_perplexity(a: argparse.Namespace) -> None:
+    from .checkpoint import load_cached
     from .evaluate.perplexity import perplexity
     from .models.loading import load_model
 
     device = provenance.resolve_device(a.device)
     model, _ = load_model(a.model_dir, a.dtype)
     model.to(device)
-    data = torch.load(a.tokens, weights_only=True)
+    data = load_cached(a.tokens, "eval_tokens")
     windows = data["windows"]
     started = time.perf_counter()
     value = perplexity(model, windows, batch_size=a.batch_size, log=_log if a.verbose else None)

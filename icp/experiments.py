@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .models.loading import is_sam_source
 from .methods.icp import hashed_compensation
-from .runs import RunSpec, short_hash
+from .runs import RESULT_NEUTRAL_OPTIONS, RunSpec, short_hash
 
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
 PERPLEXITY_TABLES = ("table1", "table4")
@@ -118,10 +119,6 @@ def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
 
 def zeroshot_key(config: dict[str, Any]) -> str:
     return short_hash(config["zeroshot"])
-
-
-# method options that choose how, not what: the SparseGPT sweep's kernel gives the same weights
-RESULT_NEUTRAL_OPTIONS = ("kernel",)
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -455,10 +452,68 @@ def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = "res
     return f"{root}/{model}/evals/{run}/zeroshot-{zeroshot_key(config)}.json"
 
 
+# keys that become folder names under results/: no separators, no "." or ".." (nothing escapes results/)
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_names(config: dict[str, Any]) -> None:
+    for section in ("models", "corpora", "image_sets"):
+        for name in config.get(section) or {}:
+            if not isinstance(name, str) or not SAFE_NAME.match(name):
+                raise ValueError(f"{section}: {name!r} is not an allowed name: use letters, digits, '_', '-' and '.', "
+                                 f"starting with a letter or digit (it names a folder under results/)")
+
+
+def check_finite(node: Any, where: str = "config") -> None:
+    """NaN and infinities pass every schema minimum and maximum: rejected here, wherever they are."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ValueError(f"{where}: {node} is not a finite number")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_finite(value, f"{where}.{key}" if where != "config" else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, f"{where}[{i}]")
+
+
+def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
+    """Every ICP run's compensation settings and alpha/beta sparsity map, before any job starts
+    (with the model's layer shapes where they are known; otherwise the part that needs none)."""
+    from .methods.icp import Compensation
+    from .methods.pattern import parse_pattern
+    from .schedule import rearranged_map
+
+    shapes_cache: dict[str, Any] = {}
+    for exp in all_experiments(config).values():
+        spec = exp.spec
+        if spec is None or spec.method != "icp":
+            continue
+        where = f"methods.icp (model {exp.model!r}, run {exp.run})"
+        try:
+            Compensation(**spec.compensation)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}.compensation: {err}") from None
+        pattern = spec.as_pattern()
+        if pattern.is_nm:
+            continue
+        if spec.beta * spec.sparsity >= 1:
+            raise ValueError(f"{where}: beta {spec.beta} x sparsity {spec.sparsity} puts q/k/v at or above 100 %")
+        if shapes_for is not None and exp.model not in shapes_cache:
+            shapes_cache[exp.model] = None if is_sam(config, exp.model) else shapes_for(exp.model)
+        shapes = shapes_cache.get(exp.model)
+        if shapes is not None:
+            try:
+                rearranged_map(shapes, parse_pattern("unstructured", spec.sparsity, 16), spec.alpha, spec.beta)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+
+
 def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
     """Cross-references the schema cannot express; each error names the offending key.
-    `shapes_for(model)`: layer shapes for the ablations' alpha/beta check (see check_ablations)."""
+    `shapes_for(model)`: layer shapes for the alpha/beta checks (see check_ablations)."""
     known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
+    check_finite(config)
+    check_names(config)
     if config["calibration"]["corpus"] not in config["corpora"]:
         raise ValueError(f"calibration.corpus {config['calibration']['corpus']!r} is not defined under 'corpora'")
     image_sets = config.get("image_sets") or {}
@@ -502,6 +557,7 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
     for exp in all_experiments(config).values():
         if exp.spec is not None:
             exp.spec.as_pattern()
+    check_icp_runs(config, shapes_for)
 
 
 def run_records(config: dict[str, Any], root: str = "results") -> list[str]:

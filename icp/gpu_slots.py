@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -40,7 +41,19 @@ def visible_gpu_count(proc_dir: Path = Path("/proc/driver/nvidia/gpus")) -> int:
 
 
 def lock_dir() -> Path:
-    return Path(os.environ.get("ICP_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "icp-gpu-locks"))
+    """The GPU slot locks: one directory per user (another local user cannot plant files there)."""
+    default = Path(tempfile.gettempdir()) / f"icp-gpu-locks-{os.getuid()}"
+    return Path(os.environ.get("ICP_GPU_LOCK_DIR", default))
+
+
+def _private_dir(directory: Path) -> Path:
+    """`directory`, created for this user only; refused when it is a link or someone else's."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise PermissionError(f"GPU lock directory {directory} is a link or belongs to another user; "
+                              f"remove it or set ICP_GPU_LOCK_DIR to a directory of your own")
+    return directory
 
 
 def jobs_per_gpu() -> int:
@@ -53,8 +66,7 @@ def acquire_gpu(count: int, directory: Path | None = None, poll_seconds: float =
     many free); returns the GPU's index. Slot k of every GPU is tried before slot k+1 of any, so
     single-slot jobs spread evenly; a job asking for every slot (`slots` = `per_gpu`) gets a GPU
     to itself."""
-    directory = directory or lock_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _private_dir(directory or lock_dir())
     slots = min(max(1, slots), per_gpu)
     while True:
         if slots == 1:
@@ -84,7 +96,8 @@ def _slot_file(directory: Path, index: int, slot: int) -> Path:
 
 
 def _try_lock(path: Path) -> IO | None:
-    handle = open(path, "a+")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # a planted symlink fails here
+    handle = os.fdopen(fd, "r+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import BlockFiles, atomic_torch_save
+from .checkpoint import BlockFiles, atomic_torch_save, load_cached
 from .engine import BlockRunner, PrunePlan, Streams, cpu_state, place_stream, replay_step, run_step
 from .methods import PRUNERS
 from .methods.icp import Compensation
@@ -22,6 +22,8 @@ from .models.loading import CheckpointReader, load_config
 from .schedule import rearranged_map, uniform_map
 
 METHODS = (*PRUNERS, "icp")
+# method options that choose how, not what: the SparseGPT sweep's kernel gives the same weights
+RESULT_NEUTRAL_OPTIONS = ("kernel",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,13 @@ class RunSpec:
             compensation=compensation,
             track_error=self.track_error,
         )
+
+    def resume_key(self) -> dict[str, Any]:
+        """What finished blocks must share to be resumed from: the spec without the options that
+        choose how, not what (the SparseGPT sweep's kernel gives the same weights)."""
+        key = self.to_dict()
+        key["method_options"] = {k: v for k, v in key["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
+        return key
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
@@ -135,8 +144,8 @@ def prune_group(
         streams, pending = Streams.from_block0(carry["error"], plan), None
     del carry
 
-    files = BlockFiles(out_blocks, spec.to_dict(), blocks, adapter.block_prefix)
-    done = files.finished()
+    files = BlockFiles(out_blocks, spec.resume_key(), blocks, adapter.block_prefix)
+    done = files.finished(log)
     if done:
         log(f"resuming at block {blocks.start + len(done)}: replaying {len(done)} finished block(s) from {files.dir}")
     for index in range(blocks.start, blocks.start + len(done)):
@@ -173,7 +182,8 @@ def read_window_state(path: str | Path, device: str, offload_streams: bool) -> d
     """A carry file with its streams already placed for the engine (see `place_stream`). Toward
     CUDA the file is memory-mapped, so each stream is copied once, from the page cache straight
     into pinned or device memory, instead of through a pageable copy first."""
-    carry = torch.load(path, map_location="cpu", weights_only=True, mmap=torch.device(device).type == "cuda")
+    made_by = "prune_step" if Path(path).name.endswith(".carry.pt") else "block0_activations"
+    carry = load_cached(path, made_by, map_location="cpu", mmap=torch.device(device).type == "cuda")
     if "error" not in carry:
         raise ValueError(f"{path} holds no window state (it is the carry of a model's last block group)")
     for key in ("error", "dense"):

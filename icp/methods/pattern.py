@@ -19,7 +19,7 @@ class Pattern:
     wbits: int = 16
 
     def __post_init__(self) -> None:
-        if self.m:
+        if self.m or self.n:  # "2:0" or "0:4" is N:M gone wrong, never "unstructured at 0 %"
             if not (0 < self.n < self.m):
                 raise ValueError(f"N:M pattern needs 0 < N < M, got {self.n}:{self.m}")
         elif not (0.0 <= self.sparsity < 1.0):

@@ -36,10 +36,10 @@ ICP_CLI = f"{sys.executable} -m icp.cli"
 
 
 wildcard_constraints:
-    model=r"[A-Za-z0-9_.\-]+",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     run=r"[A-Za-z0-9_.\-]+",
-    corpus=r"[A-Za-z0-9_.\-]+",
-    dataset=r"[A-Za-z0-9_.\-]+",
+    corpus=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     group=r"\d{3}",
     key=r"[0-9a-f]{8}",
 
