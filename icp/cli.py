@@ -32,7 +32,17 @@ def _write_json(path: str, data) -> None:
 def cmd_export_dense(a: argparse.Namespace) -> None:
     from .models.loading import export_dense
 
+    from dataclasses import asdict
+
+    from .engine import layer_shapes
+    from .experiments import SHAPES_FILE
+    from .models import adapter_for
+    from .models.loading import load_config
+
     export_dense(a.source, a.out, a.dtype, variant=a.variant, arch=json.loads(a.arch) if a.arch else None)
+    config = load_config(a.out)
+    shapes = layer_shapes(adapter_for(config.model_type), config)  # read by the dry run's alpha/beta checks
+    (Path(a.out) / SHAPES_FILE).write_text(json.dumps([[asdict(layer) for layer in block] for block in shapes]))
     _log(f"dense checkpoint of {a.source} written to {a.out}")
 
 

@@ -8,6 +8,7 @@ re-runs only what depends on it and results of different settings never overwrit
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -401,9 +402,21 @@ def check_ablations(config: dict[str, Any], shapes_for: Callable[[str], Any] | N
                 raise ValueError(f"ablations.sweeps.{point.parameter} = {point.value}: {err}") from None
 
 
+SHAPES_FILE = "layer_shapes.json"  # beside the exported dense config: the layer shapes, read without the model code
+
+
 def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"):
-    """Layer shapes of a language model from its exported dense config, or from the source's own
-    config.json when the source is a local directory; None when neither is on disk yet."""
+    """Layer shapes of a language model from the export's layer_shapes.json (no model code
+    imported), its exported dense config, or the source's own config.json when the source is a
+    local directory; None when none is on disk yet."""
+    saved = Path(root) / model / "dense" / SHAPES_FILE
+    if saved.is_file():
+        from .schedule import LayerShape
+
+        try:
+            return [[LayerShape(**layer) for layer in block] for block in json.loads(saved.read_text())]
+        except (ValueError, TypeError):  # damaged: fall back to the config below
+            pass
     for directory in (Path(root) / model / "dense", Path(config["models"][model]["source"])):
         if (directory / "config.json").is_file():
             from .engine import layer_shapes

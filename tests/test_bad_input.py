@@ -213,3 +213,16 @@ def test_gpu_locks_refuse_a_planted_symlink(tmp_path):
     linked.symlink_to(locks)
     with pytest.raises(PermissionError, match="is a link"):
         acquire_gpu(1, directory=linked, poll_seconds=0.01)
+
+
+def test_the_export_records_layer_shapes_the_dry_run_reads_without_model_code(tiny_dirs, tmp_path):
+    from icp.cli import main
+    from icp.engine import layer_shapes
+    from icp.models.loading import load_config
+
+    out = tmp_path / "results" / "tiny" / "dense"
+    main(["export-dense", "--source", str(tiny_dirs["llama"]), "--out", str(out)])
+    config = {"models": {"tiny": {"source": "not/on/disk"}}}
+    shapes = X.model_layer_shapes(config, "tiny", root=str(tmp_path / "results"))
+    assert shapes == layer_shapes(adapter_for("llama"), load_config(out))
+    assert (out / X.SHAPES_FILE).is_file()
