@@ -11,6 +11,7 @@ same settings and calibration it gives the workflow's weights, bit for bit on th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,17 @@ def _family(model: nn.Module) -> tuple[str, Any]:
                      f"got {type(model).__name__}")
 
 
+def _check_number(name: str, value: Any, integer: bool = False) -> None:
+    """A number argument of the right kind (a bool is not one), finite."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name}: must be {'a whole number' if integer else 'a number'}, got {value!r}")
+    if not integer and not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+
+
 def _calibration_inputs(calibration: Any, model_type: str, tokenizer, nsamples: int, seqlen: int,
-                        seed: int) -> torch.Tensor:
+                        seed: int, vocab_size: int | None = None) -> torch.Tensor:
     """Token windows [n, seqlen] (language models) or preprocessed images [n, 3, H, W] (SAM)."""
     from .models.sam import MODEL_TYPE as SAM
 
@@ -91,6 +101,11 @@ def _calibration_inputs(calibration: Any, model_type: str, tokenizer, nsamples: 
                              f"{calibration.dtype} {tuple(calibration.shape)}")
         if calibration.shape[1] < 2:
             raise ValueError(f"calibration: windows of {calibration.shape[1]} token(s) are too short")
+        if calibration.shape[0] == 0:
+            raise ValueError("calibration: no token windows (the tensor has 0 rows)")
+        if vocab_size is not None and (int(calibration.min()) < 0 or int(calibration.max()) >= vocab_size):
+            raise ValueError(f"calibration: token ids must lie in [0, {vocab_size}), got "
+                             f"{int(calibration.min())}..{int(calibration.max())}")
         return calibration
     if model_type == SAM:
         raise ValueError("calibration: SAM needs a tensor of preprocessed images (see icp.data.images.calibration_images)")
@@ -161,7 +176,17 @@ def prune(
 
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; known: {list(METHODS)}")
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= sparsity < 1.0:
+    for name, value in (("sparsity", sparsity), ("alpha", alpha), ("beta", beta)):
+        _check_number(name, value)
+    for name, value in (("nsamples", nsamples), ("seqlen", seqlen), ("seed", seed), ("wbits", wbits),
+                        ("batch_size", batch_size)):
+        _check_number(name, value, integer=True)
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    for name, value in (("compensation", compensation), ("method_options", method_options)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{name}: must be a dict of settings or None, got {type(value).__name__}")
+    if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity: must lie in [0, 1), got {sparsity!r}")
     if method == "icp":
         if not 0.0 < alpha <= 1.0:
@@ -182,7 +207,8 @@ def prune(
         raise ValueError(f"pattern / wbits / inner / compensation: {err}") from None
     device = resolve_device(device or "auto")
     adapter: FamilyAdapter = adapter_for(model_type)
-    inputs = _calibration_inputs(calibration, model_type, tokenizer, nsamples, seqlen, seed)
+    inputs = _calibration_inputs(calibration, model_type, tokenizer, nsamples, seqlen, seed,
+                                 getattr(config, "vocab_size", None))
     dtype = next(model.parameters()).dtype
     if inputs.is_floating_point():
         inputs = inputs.to(dtype)

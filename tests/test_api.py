@@ -85,6 +85,19 @@ def test_api_prunes_a_sam_like_the_workflow(tmp_path):
     ({"calibration": ["too short"], "nsamples": 2, "seqlen": 64}, "calibration"),
     ({"calibration": ["some text"]}, "tokenizer"),
     ({"calibration": torch.randn(2, 8)}, "calibration"),
+    ({"calibration": torch.zeros(0, 16, dtype=torch.long)}, "calibration"),
+    ({"calibration": torch.full((2, 16), 10**6)}, "calibration"),
+    ({"sparsity": float("nan")}, "sparsity"),
+    ({"sparsity": "0.5"}, "sparsity"),
+    ({"method": "icp", "alpha": float("nan")}, "alpha"),
+    ({"nsamples": 2.5, "calibration": ["some text"]}, "nsamples"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": True}, "batch_size"),
+    ({"wbits": "4"}, "wbits"),
+    ({"compensation": [1, 2]}, "compensation"),
+    ({"method": "icp", "compensation": {"lr": float("nan")}}, "compensation"),
+    ({"method": "icp", "compensation": {"batch_size": 0}}, "compensation"),
+    ({"pattern": "2:0"}, "pattern"),
 ])
 def test_bad_arguments_raise_before_any_work(tiny_dirs, kwargs, argument):
     model, tokenizer = load_model(str(tiny_dirs["llama"]))
