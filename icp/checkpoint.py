@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .engine import GRID_PREFIX
@@ -88,7 +89,8 @@ class BlockFiles:
                 break
             try:
                 records.append(json.loads(record.read_text()))
-                self.load(index)  # the block file must read back before it is trusted
+                with safe_open(str(self.dir / f"block_{index:04d}.safetensors"), "pt"):
+                    pass  # the header must cover the whole file: a truncated or torn block is not trusted
             except Exception as err:  # noqa: BLE001 - a torn record, a truncated or overwritten block file
                 log(f"finished block {index} in {self.dir} does not read back ({type(err).__name__}); "
                     f"it and the blocks after it are done again")

@@ -146,16 +146,20 @@ SPEC = RunSpec("icp", sparsity=0.5, alpha=0.9, compensation={"epochs": 1, "lr": 
                method_options={"blocksize": 16})
 
 
-def test_a_damaged_finished_block_is_redone_not_trusted(opt_run, monkeypatch):
-    model_dir, tmp = opt_run
-    reference = json.loads((prune(model_dir, tmp, SPEC, "reference") / "r.json").read_text())
+def killed_after_two_blocks(model_dir, tmp, monkeypatch, name):
     revive = kill_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        prune(model_dir, tmp, SPEC, "killed")
+        prune(model_dir, tmp, SPEC, name)
     revive()
-    partial = tmp / "killed" / "blocks.partial"
-    block1 = partial / "block_0001.safetensors"
-    block1.write_bytes(block1.read_bytes()[:100])  # truncated after the kill
+    return tmp / name / "blocks.partial"
+
+
+@pytest.mark.parametrize("keep", [100, -8])  # inside the header; the last bytes of the tensor data
+def test_a_damaged_finished_block_is_redone_not_trusted(opt_run, monkeypatch, keep):
+    model_dir, tmp = opt_run
+    reference = json.loads((prune(model_dir, tmp, SPEC, "reference") / "r.json").read_text())
+    block1 = killed_after_two_blocks(model_dir, tmp, monkeypatch, "killed") / "block_0001.safetensors"
+    block1.write_bytes(block1.read_bytes()[:keep])  # truncated after the kill
     logs = []
     out = prune(model_dir, tmp, SPEC, "killed", log=logs.append)
     assert any("finished block 1" in line and "does not read back" in line for line in logs)
@@ -166,10 +170,7 @@ def test_a_damaged_finished_block_is_redone_not_trusted(opt_run, monkeypatch):
 
 def test_a_result_neutral_option_keeps_the_finished_blocks(opt_run, monkeypatch):
     model_dir, tmp = opt_run
-    revive = kill_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        prune(model_dir, tmp, SPEC, "run")
-    revive()
+    killed_after_two_blocks(model_dir, tmp, monkeypatch, "run")
     other_kernel = RunSpec(**{**SPEC.to_dict(), "method_options": {"blocksize": 16, "kernel": "torch"}})
     logs = []
     prune(model_dir, tmp, other_kernel, "run", log=logs.append)
@@ -178,10 +179,7 @@ def test_a_result_neutral_option_keeps_the_finished_blocks(opt_run, monkeypatch)
 
 def test_blocks_of_other_settings_are_moved_aside_not_deleted(opt_run, monkeypatch):
     model_dir, tmp = opt_run
-    revive = kill_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        prune(model_dir, tmp, SPEC, "run")
-    revive()
+    killed_after_two_blocks(model_dir, tmp, monkeypatch, "run")
     changed = RunSpec(**{**SPEC.to_dict(), "sparsity": 0.6})
     logs = []
     prune(model_dir, tmp, changed, "run", log=logs.append)
