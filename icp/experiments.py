@@ -489,6 +489,27 @@ def check_finite(node: Any, where: str = "config") -> None:
             check_finite(value, f"{where}[{i}]")
 
 
+def check_model_sources(config: dict[str, Any]) -> None:
+    """A local model directory must exist and hold a family we support (read from its config.json,
+    before anything is exported); hub ids are checked by the first job, before any compute."""
+    from .models import ADAPTERS
+    from .models.loading import looks_local, saved_model_type
+
+    for name, entry in config["models"].items():
+        source = entry["source"]
+        if source.startswith("pkg:") or source.endswith(".gguf") or is_sam_source(source):
+            continue
+        directory = Path(source).expanduser()
+        if looks_local(source) and not directory.is_dir():
+            raise ValueError(f"models.{name}.source: {source!r}: no such directory")
+        if directory.is_dir():
+            family = saved_model_type(directory)
+            if family is None:
+                raise ValueError(f"models.{name}.source: {source!r} holds no config.json")
+            if family not in ADAPTERS:
+                raise ValueError(f"models.{name}.source: unsupported model family {family!r}; supported: {sorted(ADAPTERS)}")
+
+
 def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
     """Every ICP run's compensation settings and alpha/beta sparsity map, before any job starts
     (with the model's layer shapes where they are known; otherwise the part that needs none)."""
@@ -527,6 +548,11 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
     known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
     check_finite(config)
     check_names(config)
+    from .data.corpora import check_corpus
+
+    for name, spec in config["corpora"].items():
+        check_corpus(name, spec)
+    check_model_sources(config)
     if config["calibration"]["corpus"] not in config["corpora"]:
         raise ValueError(f"calibration.corpus {config['calibration']['corpus']!r} is not defined under 'corpora'")
     image_sets = config.get("image_sets") or {}

@@ -224,3 +224,31 @@ def test_the_export_records_layer_shapes_the_dry_run_reads_without_model_code(ti
     shapes = X.model_layer_shapes(config, "tiny", root=str(tmp_path / "results"))
     assert shapes == layer_shapes(adapter_for("llama"), load_config(out))
     assert (out / X.SHAPES_FILE).is_file()
+
+
+def test_a_misspelled_corpus_option_is_named_at_the_dry_run():
+    config = lm_config()
+    config["corpora"]["c"] = {"source": "wikitext2", "splt": "test"}
+    with pytest.raises(ValueError, match=r"corpora.c: 'splt' is not an option of source 'wikitext2'"):
+        X.check_config(config)
+    config["corpora"]["c"] = {"source": "wiki_offline"}
+    with pytest.raises(ValueError, match=r"corpora.c: source 'wiki_offline' needs \['part'\]"):
+        X.check_config(config)
+
+
+def test_model_sources_on_disk_are_checked_before_any_export(tmp_path):
+    config = lm_config()
+    config["models"]["a"]["source"] = str(tmp_path / "missing" / "model")
+    with pytest.raises(ValueError, match="models.a.source: .*: no such directory"):
+        X.check_config(config)
+    qwen = tmp_path / "qwen"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    config["models"]["a"]["source"] = str(qwen)
+    with pytest.raises(ValueError, match="unsupported model family 'qwen2'; supported:"):
+        X.check_config(config)
+    from icp.models.loading import resolve_source
+
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        resolve_source("./not/here")
+    assert resolve_source("facebook/opt-125m").location == "facebook/opt-125m"

@@ -80,16 +80,34 @@ SOURCES = {
 }
 
 
+# keys of a corpus spec that are not options of its source
+COMMON_KEYS = ("source", "label", "sampler", "separator")
+
+
+def check_corpus(name: str, spec: dict[str, Any]) -> None:
+    """A corpus entry's keys are options of its source (a misspelled one is named, not a TypeError in a job)."""
+    import inspect
+
+    source = spec.get("source")
+    if source not in SOURCES:
+        raise ValueError(f"corpora.{name}.source: unknown {source!r}; known: {sorted(SOURCES)}")
+    signature = inspect.signature(SOURCES[source])
+    options = list(signature.parameters)
+    for key in spec:
+        if key not in COMMON_KEYS and key not in options:
+            raise ValueError(f"corpora.{name}: {key!r} is not an option of source {source!r} (its options: {options})")
+    missing = [k for k, p in signature.parameters.items() if p.default is inspect.Parameter.empty and k not in spec]
+    if missing:
+        raise ValueError(f"corpora.{name}: source {source!r} needs {missing}")
+
+
 def load_corpus(spec: dict[str, Any]) -> list[str]:
     """Documents of a corpus spec such as ``{"source": "wiki_offline", "part": "eval"}``."""
-    spec = dict(spec)
-    source = spec.pop("source", None)
-    spec.pop("label", None)
-    spec.pop("sampler", None)
-    spec.pop("separator", None)
+    source = spec.get("source")
     if source not in SOURCES:
         raise ValueError(f"unknown text source {source!r}; known: {sorted(SOURCES)}")
-    docs = SOURCES[source](**spec)
+    options = {k: v for k, v in spec.items() if k not in COMMON_KEYS}
+    docs = SOURCES[source](**options)
     if not docs or not any(d.strip() for d in docs):
-        raise ValueError(f"text source {source!r} ({spec}) gave no text")
+        raise ValueError(f"text source {source!r} ({options}) gave no text")
     return docs

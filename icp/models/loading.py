@@ -67,7 +67,15 @@ def resolve_source(source: str) -> ModelSource:
         if not path.is_file():
             raise FileNotFoundError(f"model source {source!r}: no such GGUF file")
         return ModelSource(str(path.parent), gguf_file=path.name)
+    if looks_local(source) and not Path(source).expanduser().is_dir():
+        raise FileNotFoundError(f"model source {source!r}: no such directory")
     return ModelSource(source)
+
+
+def looks_local(source: str) -> bool:
+    """A source written as a path rather than a hub id ("org/name"): absolute, relative with ./ or ../,
+    home-relative, or with more than one "/"."""
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1
 
 
 def is_sam_source(source: str) -> bool:
