@@ -16,16 +16,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .engine import GRID_PREFIX
-from .models.loading import CheckpointReader
+from .models.loading import CheckpointReader, DamagedFile
 
 GRIDS_FILE = "quant_grids.safetensors"
 
 CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                 "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
-
-
-class DamagedFile(RuntimeError):
-    """A file one of our jobs wrote that no longer reads back (truncated, overwritten, torn)."""
 
 
 def load_cached(path: str | Path, made_by: str, **load_args: Any) -> Any:

@@ -252,3 +252,22 @@ def test_model_sources_on_disk_are_checked_before_any_export(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
         resolve_source("./not/here")
     assert resolve_source("facebook/opt-125m").location == "facebook/opt-125m"
+
+
+def test_a_damaged_model_or_evaluation_json_is_named_and_removed(tiny_dirs, tmp_path):
+    import shutil
+
+    from icp.report.tables import collect_results
+
+    run = tmp_path / "results" / "m" / "runs" / "r" / "model"
+    shutil.copytree(tiny_dirs["opt"], run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    with pytest.raises(DamagedFile, match=r"model.safetensors is damaged.*rule assemble_model rebuilds it"):
+        load_model(str(run))
+    assert not weights.exists()
+    evaluation = tmp_path / "ppl.json"
+    evaluation.write_text('{"metric": "perplexity", "val')
+    with pytest.raises(ValueError, match="ppl.json is damaged"):
+        collect_results([str(evaluation)])
+    assert not evaluation.exists()

@@ -89,11 +89,33 @@ def saved_model_type(model_dir: str | Path) -> str | None:
     return json.loads(config.read_text()).get("model_type") if config.is_file() else None
 
 
+class DamagedFile(RuntimeError):
+    """A file one of our jobs wrote that no longer reads back (truncated, overwritten, torn)."""
+
+
+def verify_weights(model_dir: str | Path) -> None:
+    """A saved model's model.safetensors must read back (its header covering the whole file). A
+    damaged one is removed, so the next run of the workflow rebuilds it, and the error names it."""
+    weights = Path(model_dir) / "model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except Exception as err:  # noqa: BLE001 - safetensors reports a broken file in several ways
+        weights.unlink(missing_ok=True)
+        made_by = "export_dense" if Path(model_dir).name == "dense" else "assemble_model"
+        raise DamagedFile(f"{weights} is damaged ({err}); it has been removed: run the workflow again and "
+                          f"rule {made_by} rebuilds it") from None
+
+
 def load_model(source: str, dtype: str = "float32"):
     """Load (model, tokenizer) from any source, on the CPU, with SDPA attention.
     A saved SAM comes back as (Sam, None)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    if Path(source).is_dir():
+        verify_weights(source)
     if saved_model_type(source) == SAM_MODEL_TYPE:
         return load_sam(source, DTYPES[dtype]), None
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -33,7 +33,12 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
     """One row per number: perplexities as they are, zero-shot as one row per task plus the mean."""
     rows: list[dict[str, Any]] = []
     for path in paths:
-        data = json.loads(Path(path).read_text())
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:  # torn or edited: removed, so the next run re-evaluates
+            Path(path).unlink(missing_ok=True)
+            raise ValueError(f"{path} is damaged ({err}); it has been removed: run the workflow again and "
+                             f"its evaluation rule rebuilds it") from None
         base = {k: data.get(k) for k in ("model", "run", "method", "pattern", "sparsity", "wbits", "run_hash", "config_hash")}
         base["versions"] = json.dumps(data.get("versions", {}), sort_keys=True)
         base["machine"] = json.dumps(data.get("machine", {}), sort_keys=True)
