@@ -67,8 +67,8 @@ def resolve_source(source: str) -> ModelSource:
         if not path.is_file():
             raise FileNotFoundError(f"model source {source!r}: no such GGUF file")
         return ModelSource(str(path.parent), gguf_file=path.name)
-    if looks_local(source) and not Path(source).expanduser().is_dir():
-        raise FileNotFoundError(f"model source {source!r}: no such directory")
+    if looks_local(source) and not Path(source).expanduser().exists():  # a directory, or a SAM checkpoint file
+        raise FileNotFoundError(f"model source {source!r}: no such directory or file")
     return ModelSource(source)
 
 
