@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .models.loading import is_sam_source
 from .methods.icp import hashed_compensation
-from .runs import RESULT_NEUTRAL_OPTIONS, RunSpec, short_hash
+from .runs import RunSpec, short_hash
 
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
 PERPLEXITY_TABLES = ("table1", "table4")
@@ -166,10 +166,8 @@ def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sp
         return Experiment(model, "dense", None, calibration_key(config, model))
     spec = make_spec(config, method, pattern, sparsity, wbits, model)
     calibration = calibration_key(config, model, method_settings(config, method, model).get("calibration"))
-    hashed = spec.to_dict()
-    hashed["method_options"] = {k: v for k, v in hashed["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
     digest = short_hash({
-        "spec": hashed,
+        "spec": spec.resume_key(),  # the spec without the options that choose how, not what
         "calibration": calibration,
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })
