@@ -21,6 +21,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/activations.smk"
 include: "workflow/rules/prune.smk"
+include: "workflow/rules/stages.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
@@ -38,4 +39,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        "results/tables.md",
+        L.pattern("tables"),

@@ -53,7 +53,7 @@ def main() -> None:
     api_ppl = perplexity(model.to("cuda"), evals, batch_size=16)
 
     fresh, _ = load_model(str(work / "dense"))
-    torch.save({"error": block0_inputs(fresh, adapter_for("llama"), windows)}, work / "x0.pt")
+    torch.save({"block0_inputs": block0_inputs(fresh, adapter_for("llama"), windows)}, work / "x0.pt")
     started = time.perf_counter()
     prune_group(work / "dense", RunSpec.from_dict(report.spec), range(0, 100), work / "x0.pt", work / "blocks",
                 work / "r.json", work / "c.pt", device="cuda", log=lambda s: None)

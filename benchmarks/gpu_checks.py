@@ -108,7 +108,7 @@ def main() -> None:
             adapter = adapter_for(model.config.model_type)
             windows = calibration_windows(tok, [text], 16, 64, 0)
             x0 = block0_inputs(model, adapter, windows)
-            torch.save({"error": x0}, root / "x0.pt")
+            torch.save({"block0_inputs": x0}, root / "x0.pt")
             evals = evaluation_windows(tokenize_stream(tok, [text]), 64, 16)
 
             full = perplexity(model.to("cuda"), evals, batch_size=4)
@@ -158,7 +158,7 @@ def check_sam(root: Path) -> None:
     adapter = adapter_for("sam_vit")
     torch.manual_seed(0)
     x0 = block0_inputs(model, adapter, torch.randn(8, 3, 64, 64))
-    torch.save({"error": x0}, root / "x0.pt")
+    torch.save({"block0_inputs": x0}, root / "x0.pt")
     spec = RunSpec("icp", pattern="2:4", wbits=4, compensation={"lr": 1e-3})
     gpu = prune(dense, spec, root / "x0.pt", root / "icp-gpu", "cuda")
     cpu = prune(dense, spec, root / "x0.pt", root / "icp-cpu", "cpu")

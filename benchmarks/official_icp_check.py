@@ -98,7 +98,7 @@ def run_official(official: Any, model: nn.Module, adapter: Any, inputs: torch.Te
     torch.manual_seed(seed)  # their set_seed: the shuffling DataLoader draws from the global generator
     torch.cuda.manual_seed_all(seed)
     blocks = adapter.blocks(model)
-    kwargs = adapter.block_kwargs(model.config, inputs.shape[1], device, torch.float32)
+    kwargs = adapter.block_kwargs(model.config, 0, inputs.shape[1], device, torch.float32)  # one kind (Llama)
     run = lambda block, x: adapter.run_block(block, x.unsqueeze(0).to(device), kwargs)[0].cpu()  # noqa: E731
     error = inputs.clone()
     block0 = blocks[0].to(device)
@@ -215,7 +215,7 @@ def main() -> None:
     evals = evaluation_windows(tokenize_stream(tok, wiki_offline("eval")), args.seqlen, args.eval_windows)
     calib = calibration_windows(tok, wiki_offline("calib"), args.nsamples, args.seqlen, 0)
     x0 = block0_inputs(model, adapter, calib)
-    torch.save({"error": x0}, work / "x0.pt")
+    torch.save({"block0_inputs": x0}, work / "x0.pt")
     dense_ppl = perplexity(model.to(device), evals, batch_size=8)
     print(f"dense perplexity {dense_ppl:.3f}; {calib.shape[0]} x {calib.shape[1]} calibration, "
           f"{evals.shape[0]} x {evals.shape[1]} evaluation tokens", flush=True)

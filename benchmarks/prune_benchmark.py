@@ -23,7 +23,7 @@ from transformers import LlamaConfig, OPTConfig
 from icp.engine import BlockRunner, Streams, run_step
 from icp.models import adapter_for
 from icp.models.sam import SamConfig
-from icp.runs import RunSpec
+from icp.runs import RunSpec, make_plan
 
 SHAPES = {
     "opt-125m": OPTConfig(hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=2048),
@@ -80,7 +80,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
                    compensation={"epochs": 1, "lr": 1e-5, "batch_size": compensation_batch} if method == "icp" else {},
                    method_options={"kernel": kernel} if method in ("sparsegpt", "icp") else {},
                    track_error=False)
-    plan = spec.plan(runner)
+    plan = make_plan(spec, runner)
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
     reader.prepare(range(min(blocks + 1, runner.num_blocks)))
     torch.manual_seed(0)

@@ -59,7 +59,7 @@ def main() -> None:
     rows = [{"method": "dense", "ppl": dense_ppl}]
     for n in args.nsamples:
         x0 = block0_inputs(model, adapter, calibration_windows(tok, calib_docs, n, args.seqlen, 0))
-        torch.save({"error": x0}, work / "x0.pt")
+        torch.save({"block0_inputs": x0}, work / "x0.pt")
         for pattern_arg in args.patterns:
             base, _, bits = pattern_arg.partition("w")  # "0.7", "2:4", "2:4w4" (2:4 + int4)
             wbits = int(bits) if bits else 16

@@ -48,7 +48,7 @@ def main() -> None:
     adapter = adapter_for(model.config.model_type)
     evals = evaluation_windows(tokenize_stream(tok, wiki_offline("eval")), args.seqlen, args.eval_windows or None)
     x0 = block0_inputs(model, adapter, calibration_windows(tok, wiki_offline("calib"), args.nsamples, args.seqlen, 0))
-    torch.save({"error": x0}, work / "x0.pt")
+    torch.save({"block0_inputs": x0}, work / "x0.pt")
     rows = []
     for kernel in ("torch", "triton", "torch", "triton"):  # twice each: the first of each compiles / warms up
         for label, (pattern, sparsity, wbits) in PATTERNS.items():

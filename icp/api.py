@@ -22,9 +22,10 @@ from torch import nn
 
 from .activations import block0_inputs
 from .engine import BlockRunner, Streams, run_step, split_grids
-from .methods.icp import Compensation
 from .models import ADAPTERS, FamilyAdapter, adapter_for
-from .runs import METHODS, RunSpec
+from .registry import METHODS
+from .runs import make_plan
+from .spec import Compensation, RunSpec
 
 StateDict = dict[str, torch.Tensor]
 
@@ -164,8 +165,9 @@ def prune(
         quantized jointly to `wbits` < 16 bits.
     device: "cpu", "cuda", "cuda:N"; None takes CUDA when present.
     alpha, beta, compensation: ICP's inter-block and intra-block rearrangement and its compensation
-        fine-tune ({"epochs", "lr", "batch_size", "weight_decay", "train", "seed", "amp"}); ignored by
-        the other methods. The workflow's defaults: alpha 0.8, beta 0.9, one epoch at lr 3e-4.
+        fine-tune (the fields of `icp.spec.Compensation`: epochs, lr, batch_size, optimizer, schedule,
+        ...; left out, its defaults: one epoch at lr 1e-4); ignored by the other methods. The
+        embedded workflow config runs alpha 0.8, beta 0.9 and lr 3e-4 (config/config.yaml).
     offload_streams: keep the hidden-state streams in host memory (least GPU memory).
     save_to: also save the pruned model there (`save_pretrained`, or model.safetensors for SAM).
 
@@ -219,7 +221,7 @@ def prune(
     model.eval()
     hidden = block0_inputs(model, adapter, inputs)
     runner = BlockRunner(adapter, config, _ModelBlocks(model), device, hidden.dtype, hidden.shape[1], batch_size)
-    plan = spec.plan(runner)
+    plan = make_plan(spec, runner)
     streams = Streams.from_block0(hidden, plan).placed(device, offload_streams)
     pending = None
     layers: dict[str, dict[str, float]] = {}

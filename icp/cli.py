@@ -81,6 +81,7 @@ def cmd_activations(a: argparse.Namespace) -> None:
     from .checkpoint import load_cached
     from .models import adapter_for
     from .models.loading import load_config, load_model
+    from .runs import BLOCK0_KEY
 
     model, _ = load_model(a.model_dir, a.dtype)
     inputs = load_cached(a.tokens, "calibration_tokens / calibration_images")  # token windows, or SAM's images
@@ -88,8 +89,30 @@ def cmd_activations(a: argparse.Namespace) -> None:
         inputs = inputs.to(next(model.parameters()).dtype)
     hidden = block0_inputs(model, adapter_for(load_config(a.model_dir).model_type), inputs)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"error": hidden.contiguous()}, a.out)
+    torch.save({BLOCK0_KEY: hidden.contiguous()}, a.out)
     _log(f"block-0 inputs {tuple(hidden.shape)} cached")
+
+
+def cmd_dense_outputs(a: argparse.Namespace) -> None:
+    from .checkpoint import atomic_torch_save, load_cached
+    from .methods.input_compensation import dense_targets
+    from .models.loading import load_model
+
+    device = provenance.resolve_device(a.device)
+    model, _ = load_model(a.model_dir, a.dtype)
+    tokens = load_cached(a.tokens, "calibration_tokens")
+    started = time.perf_counter()
+    hidden = dense_targets(model, tokens, a.batch_size, device)
+    atomic_torch_save({"tokens": tokens, "last_hidden": hidden.contiguous()}, Path(a.out))
+    _log(f"dense last hidden states {tuple(hidden.shape)} in {time.perf_counter() - started:.1f}s")
+
+
+def cmd_input_compensation(a: argparse.Namespace) -> None:
+    from .stages import run_input_compensation
+
+    device = provenance.resolve_device(a.device)
+    run_input_compensation(a.in_dir, a.dense_outputs, json.loads(a.stage), json.loads(a.identity), a.out_dir,
+                           a.progress, device, a.dtype, log=_log)
 
 
 def cmd_calibration_images(a: argparse.Namespace) -> None:
@@ -150,6 +173,7 @@ def cmd_assemble(a: argparse.Namespace) -> None:
     pruned = sum(l["sparsity"] * l["numel"] for r in records for l in r["layers"].values())
     total = sum(l["numel"] for r in records for l in r["layers"].values())
     record = {
+        "id": json.loads(a.identity) if a.identity else None,
         "spec": json.loads(a.spec),
         "measured_sparsity": pruned / total,
         "prune_seconds": sum(r["seconds"] for r in records),
@@ -332,6 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_activations)
 
+    p = sub.add_parser("dense-outputs", help="the dense model's last hidden states on calibration windows (IC's targets)")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_dense_outputs)
+
+    p = sub.add_parser("input-compensation", help="the IC stage: train the input pool of a pruned model, fold it in")
+    p.add_argument("--in-dir", required=True, help="the pruned run's model directory")
+    p.add_argument("--dense-outputs", required=True, help="file written by dense-outputs")
+    p.add_argument("--stage", required=True, help="the stage as JSON (name, settings, calibration, input_run)")
+    p.add_argument("--identity", required=True, help="the staged run's id block as JSON")
+    p.add_argument("--progress", required=True, help="per-epoch progress file (resumed from)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_input_compensation)
+
     p = sub.add_parser("prune-step", help="prune (and, for ICP, compensate) a group of blocks")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--spec", required=True, help="RunSpec as JSON")
@@ -349,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("assemble", help="dense checkpoint + pruned blocks -> pruned checkpoint")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--spec", required=True)
+    p.add_argument("--identity", default=None, help="the run's id block as JSON")
     p.add_argument("--blocks", nargs="+", required=True, help="the steps' block directories")
     p.add_argument("--records", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)

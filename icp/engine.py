@@ -7,7 +7,7 @@ For block i the engine
   3. advances the error stream through the pruned B_i and, when asked, the dense *standard
      stream* through the dense B_i, recording the block-output error between the two,
   4. for ICP, compensates B_{i+1}: fed the new error stream, it is fine-tuned so that its output
-     matches the dense B_{i+1}'s output on the standard stream (see `methods.icp`).
+     matches the dense B_{i+1}'s output on the standard stream (see `methods.compensation`).
 Only the blocks of the current window and the streams live on the compute device.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .methods import make_pruners
-from .methods.icp import Compensation, compensate
+from .methods.compensation import Compensation, compensate
 from .models import FamilyAdapter
 from .models.loading import CheckpointReader
 from .schedule import LayerShape, SparsityMap
@@ -110,7 +110,15 @@ class BlockRunner:
         self.device = torch.device(device)
         self.dtype = dtype
         self.batch_size = batch_size
-        self.kwargs = adapter.block_kwargs(config, seqlen, self.device, dtype)
+        self.seqlen = seqlen
+        self._kwargs: dict[Any, dict[str, Any]] = {}  # per block kind (see FamilyAdapter.block_kind)
+
+    def kwargs(self, index: int) -> dict[str, Any]:
+        """The call arguments of block `index` (its mask, rotary table, ...), built once per kind."""
+        kind = self.adapter.block_kind(self.config, index)
+        if kind not in self._kwargs:
+            self._kwargs[kind] = self.adapter.block_kwargs(self.config, index, self.seqlen, self.device, self.dtype)
+        return self._kwargs[kind]
 
     @property
     def num_blocks(self) -> int:
@@ -129,26 +137,28 @@ class BlockRunner:
         return block.to(device=self.device, dtype=self.dtype).eval()
 
     @torch.no_grad()
-    def forward(self, block: nn.Module, hidden: torch.Tensor, keep_output: bool = True) -> torch.Tensor | None:
-        """Block output for every sample, in batches; the result stays where `hidden` is
+    def forward(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool = True) -> torch.Tensor | None:
+        """Output of `block` (block `index` of the model) for every sample, in batches; the result stays where `hidden` is
         (streams may live in host memory while the block runs on the accelerator). With
         `keep_output=False` the outputs are dropped (a pass that only feeds forward hooks)."""
         if hidden.device.type == "cpu" and self.device.type == "cuda":
-            return self._forward_offloaded(block, hidden, keep_output)
+            return self._forward_offloaded(block, hidden, index, keep_output)
+        kwargs = self.kwargs(index)
         out = torch.empty_like(hidden) if keep_output else None
         for start in range(0, hidden.shape[0], self.batch_size):
-            result = self.adapter.run_block(block, hidden[start : start + self.batch_size].to(self.device), self.kwargs)
+            result = self.adapter.run_block(block, hidden[start : start + self.batch_size].to(self.device), kwargs)
             if out is not None:
                 out[start : start + self.batch_size].copy_(result)
         return out
 
-    def _forward_offloaded(self, block: nn.Module, hidden: torch.Tensor, keep_output: bool) -> torch.Tensor | None:
+    def _forward_offloaded(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool) -> torch.Tensor | None:
         """`forward` for streams in (pinned) host memory: a side CUDA stream copies batch k+1 in and
         batch k-1 out while batch k computes."""
         out = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True) if keep_output else None
         compute = torch.cuda.current_stream(self.device)
         copies = torch.cuda.Stream(self.device)
         starts = list(range(0, hidden.shape[0], self.batch_size))
+        kwargs = self.kwargs(index)
 
         def fetch(start: int) -> tuple[torch.Tensor, torch.cuda.Event]:
             with torch.cuda.stream(copies):
@@ -162,7 +172,7 @@ class BlockRunner:
             batch.record_stream(compute)
             if k + 1 < len(starts):
                 ahead = fetch(starts[k + 1])
-            result = self.adapter.run_block(block, batch, self.kwargs)
+            result = self.adapter.run_block(block, batch, kwargs)
             if out is not None:
                 finished = compute.record_event()
                 with torch.cuda.stream(copies):
@@ -225,7 +235,7 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
             for name, linear in linears.items()
         ]
         try:
-            runner.forward(block, inputs, keep_output=False)
+            runner.forward(block, inputs, index, keep_output=False)
         finally:
             for h in hooks:
                 h.remove()
@@ -277,23 +287,23 @@ def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams,
     through it (recording the output error) and, for ICP, the compensated next block (trained only
     when `compensate_next`; a replay that already holds the next block skips the training but
     still computes its dense output, the next step's target)."""
-    error_out = runner.forward(block, streams.error)
+    error_out = runner.forward(block, streams.error, index)
     dense_out = None
     if plan.needs_dense:
         if streams.dense is None:
             raise ValueError("this plan needs the dense stream, but the streams carry none")
-        dense_out = streams.dense if streams.dense_ahead else runner.forward(runner.load(index), streams.dense)
+        dense_out = streams.dense if streams.dense_ahead else runner.forward(runner.load(index), streams.dense, index)
         mse, energy = runner.mean_squared_error(error_out, dense_out)
         record["output_mse"] = mse
         record["output_rel_mse"] = mse / max(energy, 1e-30)
     if plan.compensation is None or index + 1 >= runner.num_blocks:
         return Streams(error_out, dense_out, dense_ahead=False), None
     next_block = runner.load(index + 1)  # B_{i+1}, still dense: its output is the target, then it trains in place
-    target = runner.forward(next_block, dense_out)
+    target = runner.forward(next_block, dense_out, index + 1)
     if not compensate_next:
         return Streams(error_out, target, dense_ahead=True), None
     record["compensation"] = compensate(
-        next_block, runner.adapter, runner.kwargs, error_out, target, plan.compensation, seed_offset=index + 1
+        next_block, runner.adapter, runner.kwargs(index + 1), error_out, target, plan.compensation, seed_offset=index + 1
     )
     return Streams(error_out, target, dense_ahead=True), next_block
 

@@ -1,8 +1,9 @@
 """From the workflow config to the list of experiments, their output paths and parameter hashes.
 
-Pure Python (no Snakemake) so it can be tested on its own; `workflow/rules/common.smk` calls it.
-Every path that depends on settings carries a short hash of exactly those settings, so a change
-re-runs only what depends on it and results of different settings never overwrite each other.
+Pure Python, no Snakemake and no torch (a DAG build imports it), so it can be tested on its own;
+`workflow/rules/common.smk` calls it. Every path that depends on settings carries a short hash of
+exactly those settings, so a change re-runs only what depends on it and results of different
+settings never overwrite each other. The paths themselves are `icp.layout`'s templates.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .models.loading import is_sam_source
-from .methods.icp import hashed_compensation
-from .runs import RunSpec, short_hash
+from . import layout
+from .layout import SAFE_NAME, is_sam_source, short_hash
+from .registry import METHODS, STAGES, method_label, split_method
+from .spec import ICP_DEFAULTS, RunSpec, hashed_compensation, hashed_stage_settings, stage_settings
 
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
 PERPLEXITY_TABLES = ("table1", "table4")
@@ -26,13 +27,29 @@ SAM_TABLES = ("table3", "table6")
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A post-pruning stage of a run: its name (a key of registry.STAGES), its settings, the
+    calibration its data come from, and the run it starts from."""
+
+    name: str
+    settings: dict[str, Any]
+    calibration: str  # calibration_key of its windows
+    input_run: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "settings": self.settings, "calibration": self.calibration, "input_run": self.input_run}
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """One model of one table row: a pruned run, or the dense model (`spec` is None)."""
+    """One model of one table row: a pruned run (with its post-pruning stages, if any), or the
+    dense model (`spec` is None)."""
 
     model: str
-    run: str  # path component: 'dense' or '<method>-<pattern>[-s<pct>][-w<bits>]-<hash>'
+    run: str  # path component: 'dense', or the pruning run's name plus '+<stage>-<hash>' per stage
     spec: RunSpec | None
     calibration: str = ""  # calibration_key of the windows it is pruned on (ablations may change them)
+    stages: tuple[Stage, ...] = ()
 
     @property
     def is_dense(self) -> bool:
@@ -41,6 +58,30 @@ class Experiment:
     @property
     def spec_data(self) -> dict[str, Any]:
         return {} if self.spec is None else self.spec.to_dict()
+
+    @property
+    def pruning_run(self) -> str:
+        """The run whose blocks are pruned (the run itself when it has no stages)."""
+        return layout.split_run(self.run)[0]
+
+    @property
+    def method(self) -> str:
+        """What the tables call it: 'dense', 'sparsegpt', 'sparsegpt+ic', ..."""
+        if self.spec is None:
+            return "dense"
+        return "+".join([self.spec.method, *(stage.name for stage in self.stages)])
+
+    def identity(self) -> dict[str, Any]:
+        """The `id` block of every JSON a job of this run writes, and of its results.csv rows."""
+        spec = self.spec_data
+        return {
+            "model": self.model, "run": self.run, "method": self.method, "label": method_label(self.method),
+            "pattern": spec.get("pattern", "dense"),
+            "sparsity": spec.get("sparsity") if spec.get("pattern") == "unstructured" else None,
+            "wbits": spec.get("wbits", 16),
+            "run_hash": layout.run_hash(self.run) if self.spec is not None else None,
+            "stages": [stage.name for stage in self.stages],
+        }
 
 
 def run_label(method: str, pattern: str, sparsity: float | None, wbits: int) -> str:
@@ -78,19 +119,19 @@ def calibration_key(config: dict[str, Any], model: str, override: dict[str, Any]
     return short_hash({"model": model_entry(config, model), "calibration": cal, "corpus": config["corpora"][cal["corpus"]]})
 
 
-def calibration_path(config: dict[str, Any], model: str, key: str | None = None, root: str = "results") -> str:
+def calibration_path(config: dict[str, Any], model: str, key: str | None = None, root: str = layout.ROOT) -> str:
     """The calibration inputs behind `key` (default: the tables' calibration)."""
-    kind = "images" if is_sam(config, model) else "tokens"
-    return f"{root}/{model}/data/calib-{kind}-{key or calibration_key(config, model)}.pt"
+    kind = "calibration_images" if is_sam(config, model) else "calibration_tokens"
+    return layout.path(kind, root, model=model, key=key or calibration_key(config, model))
 
 
-def shapes_dir(config: dict[str, Any], name: str, root: str = "results") -> str | None:
+def shapes_dir(config: dict[str, Any], name: str, root: str = layout.ROOT) -> str | None:
     """Where the workflow writes a synthetic (`source: shapes`) image set; None for other sources."""
     spec = (config.get("image_sets") or {})[name]
-    return f"{root}/shapes/{short_hash(spec)}" if spec["source"] == "shapes" else None
+    return layout.path("shape_images", root, key=short_hash(spec)) if spec["source"] == "shapes" else None
 
 
-def concrete_image_set(config: dict[str, Any], name: str, root: str = "results") -> dict[str, Any]:
+def concrete_image_set(config: dict[str, Any], name: str, root: str = layout.ROOT) -> dict[str, Any]:
     """The image-set entry the readers get: a shapes set becomes the COCO / SA-1B / folder set the
     workflow wrote for it (see icp.data.shapes); other sets are passed through."""
     spec = dict(config["image_sets"][name])
@@ -108,8 +149,8 @@ def iou_key(config: dict[str, Any], dataset: str) -> str:
     return short_hash({"images": config["image_sets"][dataset], "evaluation": config["sam"].get("evaluation", {})})
 
 
-def iou_path(config: dict[str, Any], model: str, run: str, dataset: str, root: str = "results") -> str:
-    return f"{root}/{model}/evals/{run}/iou-{dataset}-{iou_key(config, dataset)}.json"
+def iou_path(config: dict[str, Any], model: str, run: str, dataset: str, root: str = layout.ROOT) -> str:
+    return layout.path("iou", root, model=model, run=run, dataset=dataset, key=iou_key(config, dataset))
 
 
 def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
@@ -140,17 +181,28 @@ def method_settings(config: dict[str, Any], method: str, model: str | None = Non
     return settings
 
 
+def stage_config(config: dict[str, Any], stage: str, model: str | None = None) -> dict[str, Any]:
+    """A post-pruning stage's settings for one model: `stages.<stage>` (the stage's defaults where
+    absent), with the model's own `models.<model>.stages.<stage>` merged over it."""
+    settings = dict((config.get("stages") or {}).get(stage) or {})
+    if model is not None:
+        own = ((config["models"].get(model) or {}).get("stages") or {}).get(stage) or {}
+        settings = _merged(settings, own)
+    return settings
+
+
 def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float | None, wbits: int,
-              model: str | None = None) -> RunSpec:
-    settings = method_settings(config, method, model)
+              model: str | None = None, settings: dict[str, Any] | None = None) -> RunSpec:
+    settings = dict(method_settings(config, method, model) if settings is None else settings)
     settings.pop("calibration", None)  # decides the calibration data (see `experiment`), not the pruner
     if method == "icp":
-        inner = settings.get("inner", "sparsegpt")
+        inner = settings.get("inner", ICP_DEFAULTS["inner"])
         inner_settings = method_settings(config, inner, model)
         inner_settings.pop("calibration", None)
         return RunSpec(
             method="icp", pattern=pattern, sparsity=sparsity if sparsity is not None else 0.0, wbits=wbits,
-            inner=inner, alpha=float(settings.get("alpha", 1.0)), beta=float(settings.get("beta", 1.0)),
+            inner=inner, alpha=float(settings.get("alpha", ICP_DEFAULTS["alpha"])),
+            beta=float(settings.get("beta", ICP_DEFAULTS["beta"])),
             compensation=hashed_compensation(dict(settings.get("compensation") or {})),
             method_options=inner_settings,
             track_error=bool(config["engine"].get("track_error", True)),
@@ -162,16 +214,28 @@ def make_spec(config: dict[str, Any], method: str, pattern: str, sparsity: float
 
 
 def experiment(config: dict[str, Any], model: str, method: str, pattern: str, sparsity: float | None, wbits: int) -> Experiment:
+    """The run a table cell names: `method` is a method with optional stages ('sparsegpt+ic')."""
     if method == "dense":
-        return Experiment(model, "dense", None, calibration_key(config, model))
-    spec = make_spec(config, method, pattern, sparsity, wbits, model)
-    calibration = calibration_key(config, model, method_settings(config, method, model).get("calibration"))
+        return Experiment(model, layout.DENSE, None, calibration_key(config, model))
+    method, stage_names = split_method(method)
+    settings = method_settings(config, method, model)
+    spec = make_spec(config, method, pattern, sparsity, wbits, model, settings)
+    calibration = calibration_key(config, model, settings.get("calibration"))
     digest = short_hash({
         "spec": spec.resume_key(),  # the spec without the options that choose how, not what
         "calibration": calibration,
         "blocks_per_step": config["engine"]["blocks_per_step"],
     })
-    return Experiment(model, f"{run_label(method, pattern, sparsity, wbits)}-{digest}", spec, calibration)
+    run = f"{run_label(method, pattern, sparsity, wbits)}-{digest}"
+    stages = []
+    for name in stage_names:
+        own = stage_config(config, name, model)
+        stage_calibration = calibration_key(config, model, own.get("calibration"))
+        hashed = hashed_stage_settings(name, own)
+        stage = Stage(name, own, stage_calibration, run)
+        run = layout.stage_run(run, name, short_hash({"settings": hashed, "calibration": stage_calibration}))
+        stages.append(stage)
+    return Experiment(model, run, spec, calibration, tuple(stages))
 
 
 def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, float | None, int]]:
@@ -200,6 +264,12 @@ def table_experiments(config: dict[str, Any], table: str) -> list[Experiment]:
         exp = experiment(config, *row)
         seen.setdefault((exp.model, exp.run), exp)
     return list(seen.values())
+
+
+def table_runs(config: dict[str, Any], *tables: str) -> set[str]:
+    """Run names (and 'dense') of the given tables, by default all six: a CSV may also hold the
+    ablation sweeps' runs, which share a method and sparsity with table cells but not their settings."""
+    return {e.run for key in (tables or (*LANGUAGE_TABLES, *SAM_TABLES)) for e in table_experiments(config, key)}
 
 
 def all_experiments(config: dict[str, Any]) -> dict[tuple[str, str], Experiment]:
@@ -231,9 +301,9 @@ def inference_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in (config.get("inference") or {}).items() if k not in ("model", "method")}
 
 
-def inference_path(config: dict[str, Any], root: str = "results") -> str:
+def inference_path(config: dict[str, Any], root: str = layout.ROOT) -> str:
     exp = inference_experiment(config)
-    return f"{root}/{exp.model}/evals/{exp.run}/inference-{short_hash(inference_settings(config))}.json"
+    return layout.path("inference", root, model=exp.model, run=exp.run, key=short_hash(inference_settings(config)))
 
 
 def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[str, Any]:
@@ -242,6 +312,7 @@ def calibration_settings(config: dict[str, Any], model: str, key: str) -> dict[s
     candidates = [config] + [point.config for point in ablation_points(config) if point.experiment.model == model]
     for cfg in candidates:
         overrides = [None] + [method_settings(cfg, m, model).get("calibration") for m in cfg["methods"]]
+        overrides += [stage_config(cfg, s, model).get("calibration") for s in STAGES]
         for override in overrides:
             if calibration_key(cfg, model, override) == key:
                 return calibration_section(cfg, model, override)
@@ -265,9 +336,9 @@ class SweptParameter:
 
 
 SWEPT_PARAMETERS = {
-    "alpha": SweptParameter(("methods", "icp", "alpha"), ("icp",), "alpha (inter-block rearrangement)", 1.0,
+    "alpha": SweptParameter(("methods", "icp", "alpha"), ("icp",), "alpha (inter-block rearrangement)", ICP_DEFAULTS["alpha"],
                             "in (0, 1]", lambda v, _: 0 < v <= 1),
-    "beta": SweptParameter(("methods", "icp", "beta"), ("icp",), "beta (intra-block rearrangement)", 1.0,
+    "beta": SweptParameter(("methods", "icp", "beta"), ("icp",), "beta (intra-block rearrangement)", ICP_DEFAULTS["beta"],
                            "> 0 with beta * sparsity < 1", lambda v, sparsities: v > 0 and all(v * s < 1 for s in sparsities)),
     "epochs": SweptParameter(("methods", "icp", "compensation", "epochs"), ("icp",), "compensation epochs", 1,
                              ">= 0", lambda v, _: v >= 0, integer=True),
@@ -388,7 +459,7 @@ def check_ablations(config: dict[str, Any], shapes_for: Callable[[str], Any] | N
     shapes = shapes_for(model) if shapes_for else None
     if shapes is None:
         return
-    from .methods.pattern import parse_pattern
+    from .pattern import parse_pattern
     from .schedule import rearranged_map
 
     for point in ablation_points(config):
@@ -403,11 +474,12 @@ def check_ablations(config: dict[str, Any], shapes_for: Callable[[str], Any] | N
 SHAPES_FILE = "layer_shapes.json"  # beside the exported dense config: the layer shapes, read without the model code
 
 
-def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"):
+def model_layer_shapes(config: dict[str, Any], model: str, root: str = layout.ROOT):
     """Layer shapes of a language model from the export's layer_shapes.json (no model code
     imported), its exported dense config, or the source's own config.json when the source is a
     local directory; None when none is on disk yet."""
-    saved = Path(root) / model / "dense" / SHAPES_FILE
+    dense = Path(layout.path("dense_dir", root, model=model))
+    saved = dense / SHAPES_FILE
     if saved.is_file():
         from .schedule import LayerShape
 
@@ -415,7 +487,7 @@ def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"
             return [[LayerShape(**layer) for layer in block] for block in json.loads(saved.read_text())]
         except (ValueError, TypeError):  # damaged: fall back to the config below
             pass
-    for directory in (Path(root) / model / "dense", Path(config["models"][model]["source"])):
+    for directory in (dense, Path(config["models"][model]["source"])):
         if (directory / "config.json").is_file():
             from .engine import layer_shapes
             from .models import adapter_for
@@ -426,7 +498,7 @@ def model_layer_shapes(config: dict[str, Any], model: str, root: str = "results"
     return None
 
 
-def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[str]:
+def evaluation_targets(config: dict[str, Any], root: str = layout.ROOT) -> list[str]:
     """Every evaluation JSON the tables need."""
     targets: list[str] = []
     if config.get("inference"):
@@ -455,16 +527,12 @@ def evaluation_targets(config: dict[str, Any], root: str = "results") -> list[st
     return sorted(set(targets))
 
 
-def perplexity_path(config: dict[str, Any], model: str, run: str, corpus: str, root: str = "results") -> str:
-    return f"{root}/{model}/evals/{run}/ppl-{corpus}-{eval_corpus_key(config, model, corpus)}.json"
+def perplexity_path(config: dict[str, Any], model: str, run: str, corpus: str, root: str = layout.ROOT) -> str:
+    return layout.path("perplexity", root, model=model, run=run, corpus=corpus, key=eval_corpus_key(config, model, corpus))
 
 
-def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = "results") -> str:
-    return f"{root}/{model}/evals/{run}/zeroshot-{zeroshot_key(config)}.json"
-
-
-# keys that become folder names under results/: no separators, no "." or ".." (nothing escapes results/)
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = layout.ROOT) -> str:
+    return layout.path("zeroshot", root, model=model, run=run, key=zeroshot_key(config))
 
 
 def check_names(config: dict[str, Any]) -> None:
@@ -511,8 +579,8 @@ def check_model_sources(config: dict[str, Any]) -> None:
 def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
     """Every ICP run's compensation settings and alpha/beta sparsity map, before any job starts
     (with the model's layer shapes where they are known; otherwise the part that needs none)."""
-    from .methods.icp import Compensation
-    from .methods.pattern import parse_pattern
+    from .pattern import parse_pattern
+    from .spec import Compensation
     from .schedule import rearranged_map
 
     shapes_cache: dict[str, Any] = {}
@@ -540,10 +608,26 @@ def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | No
                 raise ValueError(f"{where}: {err}") from None
 
 
+def check_stage(config: dict[str, Any], stage: str, models: list[str], where: str) -> None:
+    """A post-pruning stage's settings (for every model that runs it) and whether the models have
+    what it needs (input compensation: token embeddings, so no SAM)."""
+    for model in models:
+        if model not in config["models"]:
+            continue  # named by the models check
+        if STAGES[stage].language_only and is_sam(config, model):
+            raise ValueError(f"{where}: stage {stage!r} needs a language model's input embeddings; "
+                             f"{model!r} is a SAM image encoder")
+        settings = stage_config(config, stage, model)
+        try:
+            stage_settings(stage, settings)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"stages.{stage} (model {model!r}): {err}") from None
+
+
 def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
     """Cross-references the schema cannot express; each error names the offending key.
     `shapes_for(model)`: layer shapes for the alpha/beta checks (see check_ablations)."""
-    known_methods = {"magnitude", "wanda", "sparsegpt", "icp"}
+    known_methods = set(METHODS)
     check_finite(config)
     check_names(config)
     from .data.corpora import check_corpus
@@ -574,9 +658,15 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
                     raise ValueError(f"tables.{table}.datasets: unknown image set {dataset!r}; defined: {sorted(image_sets)}")
                 if concrete_image_set(config, dataset)["source"] not in ("sa1b", "coco"):
                     raise ValueError(f"tables.{table}.datasets: {dataset!r} has no annotations (source must be sa1b or coco)")
-        for method in t["methods"]:
-            if method not in known_methods:
-                raise ValueError(f"tables.{table}.methods: unknown method {method!r}; known: {sorted(known_methods)}")
+        for entry in t["methods"]:
+            try:
+                method, stages = split_method(entry)
+            except ValueError as err:
+                raise ValueError(f"tables.{table}.methods: {err}") from None
+            if method == "dense":
+                raise ValueError(f"tables.{table}.methods: the dense model is a row of every table already (tables.{table}.dense)")
+            for stage in stages:
+                check_stage(config, stage, t["models"], f"tables.{table}.methods: {entry!r}")
         for corpus in t.get("corpora", []):
             if corpus not in config["corpora"]:
                 raise ValueError(f"tables.{table}.corpora: unknown corpus {corpus!r}; defined: {sorted(config['corpora'])}")
@@ -588,7 +678,7 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
     if inf:
         if inf["model"] not in config["models"] or is_sam(config, inf["model"]):
             raise ValueError(f"inference.model: {inf['model']!r} is not a language model of this config")
-        if inf.get("method", "sparsegpt") not in known_methods:
+        if inf.get("method", "sparsegpt") not in known_methods or "+" in inf.get("method", ""):
             raise ValueError(f"inference.method: unknown method {inf['method']!r}; known: {sorted(known_methods)}")
     # build every run once, so a bad pattern or method setting fails before any job starts
     for exp in all_experiments(config).values():
@@ -597,6 +687,7 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
     check_icp_runs(config, shapes_for)
 
 
-def run_records(config: dict[str, Any], root: str = "results") -> list[str]:
-    """The pruning record (pruning.json) of every pruned run the tables need."""
-    return sorted(f"{root}/{e.model}/runs/{e.run}/model/pruning.json" for e in all_experiments(config).values() if not e.is_dense)
+def run_records(config: dict[str, Any], root: str = layout.ROOT) -> list[str]:
+    """The record (pruning.json) of every pruned run the tables need, staged runs included."""
+    return sorted(layout.path("run_record", root, model=e.model, run=e.run)
+                  for e in all_experiments(config).values() if not e.is_dense)

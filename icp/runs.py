@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,89 +12,26 @@ import torch
 
 from .checkpoint import BlockFiles, atomic_torch_save, load_cached
 from .engine import BlockRunner, PrunePlan, Streams, cpu_state, place_stream, replay_step, run_step
-from .methods import PRUNERS
-from .methods.icp import Compensation
-from .methods.pattern import Pattern, parse_pattern
+from .layout import block_groups, short_hash  # noqa: F401  (re-exported)
 from .models import adapter_for
 from .models.loading import CheckpointReader, load_config
 from .schedule import rearranged_map, uniform_map
-
-METHODS = (*PRUNERS, "icp")
-# method options that choose how, not what: the SparseGPT sweep's kernel gives the same weights
-RESULT_NEUTRAL_OPTIONS = ("kernel",)
+from .spec import Compensation, RunSpec
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One pruned model: method, pattern, sparsity, bits, and the method's own settings."""
-
-    method: str
-    pattern: str = "unstructured"
-    sparsity: float = 0.5
-    wbits: int = 16
-    inner: str = "sparsegpt"  # ICP's inner pruner
-    alpha: float = 1.0  # ICP inter-block rearrangement
-    beta: float = 1.0  # ICP intra-block rearrangement
-    compensation: dict[str, Any] = field(default_factory=dict)
-    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. SparseGPT blocksize, percdamp
-    track_error: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; known: {list(METHODS)}")
-        if self.method == "icp" and self.inner not in PRUNERS:
-            raise ValueError(f"unknown ICP inner pruner {self.inner!r}; known: {sorted(PRUNERS)}")
-        self.as_pattern()  # validates pattern, sparsity and wbits
-
-    def as_pattern(self) -> Pattern:
-        return parse_pattern(self.pattern, self.sparsity, self.wbits)
-
-    @property
-    def pruner(self) -> str:
-        return self.inner if self.method == "icp" else self.method
-
-    def plan(self, runner: BlockRunner) -> PrunePlan:
-        shapes = runner.layer_shapes()
-        pattern = self.as_pattern()
-        if self.method == "icp":
-            smap = rearranged_map(shapes, pattern, self.alpha, self.beta)
-            compensation = Compensation(**self.compensation)
-        else:
-            smap = uniform_map(shapes, pattern)
-            compensation = None
-        return PrunePlan(
-            method=self.pruner,
-            sparsity=smap,
-            method_options=dict(self.method_options),
-            compensation=compensation,
-            track_error=self.track_error,
-        )
-
-    def resume_key(self) -> dict[str, Any]:
-        """What finished blocks must share to be resumed from: the spec without the options that
-        choose how, not what (the SparseGPT sweep's kernel gives the same weights)."""
-        key = self.to_dict()
-        key["method_options"] = {k: v for k, v in key["method_options"].items() if k not in RESULT_NEUTRAL_OPTIONS}
-        return key
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def short_hash(data: Any, length: int = 8) -> str:
-    """Stable hash of JSON-able data (keys sorted), used in output paths."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:length]
-
-
-def block_groups(num_blocks: int, blocks_per_step: int | str) -> list[range]:
-    """Consecutive block ranges, one per workflow step; "all" makes the whole model one step."""
-    size = num_blocks if blocks_per_step == "all" else max(1, int(blocks_per_step))
-    return [range(start, min(start + size, num_blocks)) for start in range(0, num_blocks, size)]
+def make_plan(spec: RunSpec, runner: BlockRunner) -> PrunePlan:
+    """The engine's plan for a run: each layer's pattern (uniform, or ICP's alpha/beta map) and,
+    for ICP, the compensation settings."""
+    shapes = runner.layer_shapes()
+    pattern = spec.as_pattern()
+    if spec.compensates:
+        smap = rearranged_map(shapes, pattern, spec.alpha, spec.beta)
+        compensation = Compensation(**spec.compensation)
+    else:
+        smap = uniform_map(shapes, pattern)
+        compensation = None
+    return PrunePlan(method=spec.pruner, sparsity=smap, method_options=dict(spec.method_options),
+                     compensation=compensation, track_error=spec.track_error)
 
 
 def prune_group(
@@ -137,7 +72,7 @@ def prune_group(
     blocks = range(blocks.start, min(blocks.stop, runner.num_blocks))
     if not blocks:
         raise ValueError(f"block group starts at {blocks.start}, past the model's {runner.num_blocks} blocks")
-    plan = spec.plan(runner)
+    plan = make_plan(spec, runner)
     if "dense" in carry:
         streams, pending = Streams(carry["error"], carry["dense"], carry["dense_ahead"]), carry["pending"]
     else:  # the first group starts from the cached dense block-0 inputs
@@ -178,12 +113,19 @@ def prune_group(
             f"({Path(carry_out).stat().st_size / 2**30:.2f} GiB)")
 
 
+# the key of the dense block-0 inputs in their cache file (files written before it was named for
+# what it holds keep the stream's name, "error", and read the same)
+BLOCK0_KEY = "block0_inputs"
+
+
 def read_window_state(path: str | Path, device: str, offload_streams: bool) -> dict[str, Any]:
     """A carry file with its streams already placed for the engine (see `place_stream`). Toward
     CUDA the file is memory-mapped, so each stream is copied once, from the page cache straight
     into pinned or device memory, instead of through a pageable copy first."""
     made_by = "prune_step" if Path(path).name.endswith(".carry.pt") else "block0_activations"
     carry = load_cached(path, made_by, map_location="cpu", mmap=torch.device(device).type == "cuda")
+    if BLOCK0_KEY in carry:  # the dense block-0 inputs: both streams start from them
+        carry = {"error": carry.pop(BLOCK0_KEY)}
     if "error" not in carry:
         raise ValueError(f"{path} holds no window state (it is the carry of a model's last block group)")
     for key in ("error", "dense"):

@@ -32,7 +32,7 @@ def workflow_blocks(model_dir: Path, spec: dict, inputs: torch.Tensor, tmp: Path
     adapter = adapter_for(model.config.model_type if hasattr(model, "config") else "sam_vit")
     if inputs.is_floating_point():
         inputs = inputs.to(next(model.parameters()).dtype)
-    torch.save({"error": block0_inputs(model, adapter, inputs)}, tmp / "x0.pt")
+    torch.save({"block0_inputs": block0_inputs(model, adapter, inputs)}, tmp / "x0.pt")
     prune_group(model_dir, RunSpec.from_dict(spec), range(0, 100), tmp / "x0.pt", tmp / "blocks", tmp / "r.json",
                 tmp / "c.pt", log=lambda s: None)
     tensors = {}

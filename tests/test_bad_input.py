@@ -102,7 +102,7 @@ def test_icp_alpha_beta_checked_against_real_shapes_when_known(tiny_dirs):
 
 def test_a_damaged_cache_is_named_and_removed(tmp_path):
     path = tmp_path / "calib-abc.pt"
-    torch.save({"error": torch.randn(4, 4)}, path)
+    torch.save({"block0_inputs": torch.randn(4, 4)}, path)
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(DamagedFile, match=r"calib-abc.pt is damaged.*rule block0_activations rebuilds it"):
         load_cached(path, "block0_activations")
@@ -117,7 +117,7 @@ def opt_run(tiny_dirs, text, tmp_path):
     model_dir = tiny_dirs["opt"]
     model, tok = load_model(str(model_dir))
     x0 = block0_inputs(model, adapter_for("opt"), calibration_windows(tok, [text], 4, 32, seed=0))
-    torch.save({"error": x0}, tmp_path / "x0.pt")
+    torch.save({"block0_inputs": x0}, tmp_path / "x0.pt")
     return model_dir, tmp_path
 
 

@@ -11,7 +11,7 @@ from icp.checkpoint import assemble
 from icp.data.tokens import calibration_windows, evaluation_windows, tokenize_stream
 from icp.engine import BlockRunner
 from icp.evaluate.perplexity import perplexity, perplexity_blockwise
-from icp.methods.icp import Compensation, compensate
+from icp.methods.compensation import Compensation, compensate
 from icp.models import adapter_for
 from icp.models.loading import CheckpointReader, load_config, load_model
 from icp.runs import RunSpec, prune_group
@@ -23,7 +23,7 @@ def setup(tiny_dirs, family, text, tmp_path):
     model, tok = load_model(str(model_dir))
     windows = calibration_windows(tok, [text], 8, 32, seed=0)
     x0 = block0_inputs(model, adapter_for(model.config.model_type), windows)
-    torch.save({"error": x0}, tmp_path / "x0.pt")
+    torch.save({"block0_inputs": x0}, tmp_path / "x0.pt")
     evals = evaluation_windows(tokenize_stream(tok, [text]), 32, 12)
     return model_dir, model, tmp_path, evals
 
@@ -54,7 +54,7 @@ def test_block_runner_reproduces_the_model(setup):
     runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float32, evals.shape[1])
     hidden = block0_inputs(model, adapter, evals[:4])
     for i in range(runner.num_blocks):
-        hidden = runner.forward(runner.load(i), hidden)
+        hidden = runner.forward(runner.load(i), hidden, i)
     with torch.no_grad():
         got = adapter.logits(model, hidden)
         expected = model(evals[:4]).logits
@@ -95,13 +95,13 @@ def test_compensation_lowers_block_output_error(setup):
     config = load_config(model_dir)
     adapter = adapter_for(config.model_type)
     runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float32, 32)
-    x = torch.load(tmp / "x0.pt")["error"]
-    target = runner.forward(runner.load(1), x)
+    x = torch.load(tmp / "x0.pt")["block0_inputs"]
+    target = runner.forward(runner.load(1), x, 1)
     noisy = x + 0.3 * x.std() * torch.randn_like(x)  # an "error stream"
     block = runner.load(1)
-    before = float((runner.forward(block, noisy) - target).pow(2).mean())
-    compensate(block, adapter, runner.kwargs, noisy, target, Compensation(epochs=3, lr=1e-3))
-    after = float((runner.forward(block, noisy) - target).pow(2).mean())
+    before = float((runner.forward(block, noisy, 1) - target).pow(2).mean())
+    compensate(block, adapter, runner.kwargs(1), noisy, target, Compensation(epochs=3, lr=1e-3))
+    after = float((runner.forward(block, noisy, 1) - target).pow(2).mean())
     assert after < 0.9 * before
 
 
@@ -111,13 +111,13 @@ def test_compensation_of_a_half_precision_block_on_the_cpu(setup):
     config = load_config(model_dir)
     adapter = adapter_for(config.model_type)
     runner = BlockRunner(adapter, config, CheckpointReader(model_dir), "cpu", torch.float16, 32)
-    x = torch.load(tmp / "x0.pt")["error"].half()
-    target = runner.forward(runner.load(1), x)
+    x = torch.load(tmp / "x0.pt")["block0_inputs"].half()
+    target = runner.forward(runner.load(1), x, 1)
     block = runner.load(1)
     noisy = (x.float() + 0.3 * x.float().std() * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).half()
-    before = float((runner.forward(block, noisy) - target).float().pow(2).mean())
-    result = compensate(block, adapter, runner.kwargs, noisy, target, Compensation(epochs=3, lr=1e-3))
-    after = float((runner.forward(block, noisy) - target).float().pow(2).mean())
+    before = float((runner.forward(block, noisy, 1) - target).float().pow(2).mean())
+    result = compensate(block, adapter, runner.kwargs(1), noisy, target, Compensation(epochs=3, lr=1e-3))
+    after = float((runner.forward(block, noisy, 1) - target).float().pow(2).mean())
     assert result["epochs"] == 3 and next(block.parameters()).dtype == torch.float16
     assert after < 0.9 * before
 

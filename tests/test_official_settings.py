@@ -11,7 +11,7 @@ import yaml
 
 from icp import experiments as X
 from icp.engine import BlockRunner
-from icp.methods.icp import Compensation, compensate
+from icp.methods.compensation import Compensation, compensate
 from icp.models import adapter_for
 from icp.models.loading import CheckpointReader, load_config
 
@@ -147,14 +147,14 @@ def opt_block(tiny_dirs):
     runner = BlockRunner(adapter, config, CheckpointReader(tiny_dirs["opt"]), "cpu", torch.float32, 16)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 16, config.hidden_size, generator=g)
-    target = runner.forward(runner.load(1), x)
+    target = runner.forward(runner.load(1), x, 1)
     noisy = x + 0.3 * torch.randn(x.shape, generator=g)
     return runner, adapter, noisy, target
 
 
 def trained(runner, adapter, noisy, target, **settings):
     block = runner.load(1)
-    record = compensate(block, adapter, runner.kwargs, noisy, target, Compensation(**settings), seed_offset=1)
+    record = compensate(block, adapter, runner.kwargs(1), noisy, target, Compensation(**settings), seed_offset=1)
     return block, record
 
 

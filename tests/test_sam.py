@@ -159,7 +159,7 @@ def test_blockwise_encoder_equals_whole_encoder(sam_assets):
     assert hidden.shape == (3, 4, 4, 32)
     runner = BlockRunner(adapter, config, CheckpointReader(sam_assets["dense"]), "cpu", torch.float32, 4, batch_size=2)
     for index in range(runner.num_blocks):
-        hidden = runner.forward(runner.load(index), hidden)
+        hidden = runner.forward(runner.load(index), hidden, index)
     with torch.no_grad():
         enc = model.image_encoder
         x = enc.patch_embed(images) + enc.pos_embed
@@ -189,7 +189,7 @@ def test_every_method_prunes_a_tiny_sam(sam_assets, tmp_path, method, pattern, s
 
     images = torch.randn(4, 3, 64, 64)
     carry_in = tmp_path / "calib.pt"
-    torch.save({"error": block0_inputs(model, adapter_for("sam_vit"), images)}, carry_in)
+    torch.save({"block0_inputs": block0_inputs(model, adapter_for("sam_vit"), images)}, carry_in)
     out = tmp_path / "steps"
     prune_group(sam_assets["dense"], spec, range(0, 3), carry_in, out / "blocks", out / "r.json", out / "c.pt",
                 batch_size=2, log=lambda m: None)

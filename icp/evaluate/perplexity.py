@@ -41,8 +41,8 @@ def perplexity_blockwise(model: nn.Module, adapter: FamilyAdapter, windows: torc
     """Memory-lean path: the model stays on the CPU, one block at a time visits `device`."""
     hidden = block0_inputs(model, adapter, windows, batch_size).to(device)
     seqlen = windows.shape[1]
-    kwargs = adapter.block_kwargs(model.config, seqlen, torch.device(device), hidden.dtype)
-    for block in adapter.blocks(model):
+    for index, block in enumerate(adapter.blocks(model)):
+        kwargs = adapter.block_kwargs(model.config, index, seqlen, torch.device(device), hidden.dtype)
         block.to(device)
         for start in range(0, hidden.shape[0], batch_size):
             hidden[start : start + batch_size] = adapter.run_block(block, hidden[start : start + batch_size], kwargs)

@@ -35,19 +35,32 @@ class FamilyAdapter(ABC):
         """State-dict prefix of block `index` in a saved checkpoint, ending in '.'."""
 
     @abstractmethod
-    def num_blocks(self, config: Any) -> int: ...
-
-    @abstractmethod
     def build_block(self, config: Any, index: int) -> nn.Module:
         """An empty (uninitialised) block of the right shape, ready for `load_state_dict`."""
 
     @abstractmethod
-    def block_kwargs(self, config: Any, seqlen: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-        """Keyword arguments every block call needs for sequences of length `seqlen`."""
+    def block_kwargs(self, config: Any, index: int, seqlen: int, device: torch.device,
+                     dtype: torch.dtype) -> dict[str, Any]:
+        """Keyword arguments block `index` is called with on sequences of length `seqlen` (its
+        attention mask, rotary table, ...). Built once per `block_kind`."""
 
-    @abstractmethod
+    def block_kind(self, config: Any, index: int) -> Any:
+        """Blocks of one kind take the same call arguments (one kind, unless a family mixes layer
+        types, e.g. sliding-window and global attention)."""
+        return None
+
+    def num_blocks(self, config: Any) -> int:
+        return config.num_hidden_layers
+
+    def input_embeddings(self, model: nn.Module) -> nn.Embedding | None:
+        """The token-embedding layer input compensation corrects (None: the family has none)."""
+        return model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+
+    # Optional helpers of block-wise evaluation (perplexity with one block at a time on the device)
+
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm, projections and language-model head applied to the last block's output."""
+        raise NotImplementedError(f"{type(self).__name__} has no block-wise language-model head")
 
     def head_modules(self, model: nn.Module) -> list[nn.Module]:
         """Modules `logits` uses (moved to the compute device for block-wise evaluation)."""
@@ -69,13 +82,19 @@ class FamilyAdapter(ABC):
         return self.linear_roles[name]
 
 
-def causal_mask(seqlen: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+def causal_mask(seqlen: int, device: torch.device, dtype: torch.dtype, window: int | None = None) -> torch.Tensor | None:
     """The `attention_mask` a causal block is called with.
 
-    On CUDA: None, so SDPA takes its causal flag and runs flash attention instead of reading a
-    T x T mask. Elsewhere: an additive [1, 1, T, T] mask, 0 on and below the diagonal, the dtype's
-    minimum above it (the CPU path, whose results are recorded and reproduced bit for bit)."""
-    if torch.device(device).type == "cuda":
+    Full causal attention on CUDA: None, so SDPA takes its causal flag and runs flash attention
+    instead of reading a T x T mask. Elsewhere, and for a sliding-window layer on every device: an
+    additive [1, 1, T, T] mask, 0 where query i may see key j (j <= i, and i - j < `window` when
+    a window is set), the dtype's minimum elsewhere (the CPU path, whose results are recorded and
+    reproduced bit for bit)."""
+    if torch.device(device).type == "cuda" and (window is None or window >= seqlen):
         return None
     mask = torch.full((seqlen, seqlen), torch.finfo(dtype).min, device=device, dtype=dtype)
-    return torch.triu(mask, diagonal=1)[None, None]
+    mask = torch.triu(mask, diagonal=1)
+    if window is not None and window < seqlen:
+        mask = mask + torch.tril(torch.full_like(mask, torch.finfo(dtype).min), diagonal=-window)
+        mask = mask.clamp(min=torch.finfo(dtype).min)
+    return mask[None, None]

@@ -30,13 +30,11 @@ class LlamaAdapter(FamilyAdapter):
     def block_prefix(self, index: int) -> str:
         return f"model.layers.{index}."
 
-    def num_blocks(self, config: Any) -> int:
-        return config.num_hidden_layers
-
     def build_block(self, config: Any, index: int) -> nn.Module:
         return LlamaDecoderLayer(config, layer_idx=index)
 
-    def block_kwargs(self, config: Any, seqlen: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    def block_kwargs(self, config: Any, index: int, seqlen: int, device: torch.device,
+                     dtype: torch.dtype) -> dict[str, Any]:
         # Current transformers computes the rotary (cos, sin) once at model level and hands them to
         # every block; we do the same here.
         rotary = LlamaRotaryEmbedding(config=config).to(device)

@@ -29,13 +29,11 @@ class OPTAdapter(FamilyAdapter):
     def block_prefix(self, index: int) -> str:
         return f"model.decoder.layers.{index}."
 
-    def num_blocks(self, config: Any) -> int:
-        return config.num_hidden_layers
-
     def build_block(self, config: Any, index: int) -> nn.Module:
         return OPTDecoderLayer(config, layer_idx=index)
 
-    def block_kwargs(self, config: Any, seqlen: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    def block_kwargs(self, config: Any, index: int, seqlen: int, device: torch.device,
+                     dtype: torch.dtype) -> dict[str, Any]:
         return {"attention_mask": causal_mask(seqlen, device, dtype)}
 
     def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -231,11 +231,12 @@ class SamAdapter(FamilyAdapter):
             input_size=(config.grid_size, config.grid_size),
         )
 
-    def block_kwargs(self, config: Any, seqlen: int, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    def block_kwargs(self, config: Any, index: int, seqlen: int, device: torch.device,
+                     dtype: torch.dtype) -> dict[str, Any]:
         return {}  # windows and relative positions live inside each block
 
     def call_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
         model.image_encoder(inputs)
 
-    def logits(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("SAM has no language-model head; evaluate it with the IoU evaluator")
+    def input_embeddings(self, model: nn.Module) -> None:
+        return None  # an image encoder: no token embeddings for input compensation

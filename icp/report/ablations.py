@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .. import experiments as X
-from .tables import METHOD_NAMES, _label, _markdown
+from .format import label as config_label, markdown, method_label
 
 SERIES_COLUMNS = ["parameter", "value", "method", "sparsity", "table_setting", "run", "perplexity"]
 
@@ -39,7 +39,7 @@ def _dense_perplexity(frame: pd.DataFrame, config: dict[str, Any]) -> float | No
 
 
 def _line_label(method: str, sparsity: float) -> str:
-    return f"{METHOD_NAMES.get(method, method)} {round(100 * sparsity)}%"
+    return f"{method_label(method)} {round(100 * sparsity)}%"
 
 
 def ablation_section(frame: pd.DataFrame, config: dict[str, Any]) -> str:
@@ -51,7 +51,7 @@ def ablation_section(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     corpus = X.ablation_corpus(config)
     dense = _dense_perplexity(frame, config)
     parts = ["## Ablations (the paper's Figure 4)\n",
-             f"Perplexity on {_label(config, 'corpora', corpus)} of {_label(config, 'models', ablations['model'])}, "
+             f"Perplexity on {config_label(config, 'corpora', corpus)} of {config_label(config, 'models', ablations['model'])}, "
              "one parameter changed at a time, everything else as in the tables. `*`: the tables' own setting "
              "(the same run as in the tables)." + (f" Dense: {dense:.2f}." if dense is not None else "") + "\n"]
     for parameter, rows in series.groupby("parameter", sort=False):
@@ -66,7 +66,7 @@ def ablation_section(frame: pd.DataFrame, config: dict[str, Any]) -> str:
                 cells.append("–" if ppl != ppl else f"{ppl:.2f}")
             mark = " *" if at_value["table_setting"].any() else ""
             body.append([f"{value:g}{mark}"] + cells)
-        parts.append(f"### {X.SWEPT_PARAMETERS[parameter].label}\n\n" + _markdown(header, body) + "\n")
+        parts.append(f"### {X.SWEPT_PARAMETERS[parameter].label}\n\n" + markdown(header, body) + "\n")
         parts.append(f"![ablation_{parameter}](plots/ablation_{parameter}.png)\n")
     return "\n".join(parts)
 

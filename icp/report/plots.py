@@ -16,9 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .tables import METHOD_NAMES  # noqa: E402
+from .format import method_label, ordered_methods  # noqa: E402
 
-ORDER = ["magnitude", "wanda", "sparsegpt", "icp"]
 
 
 def _save(fig, series: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
@@ -38,9 +37,9 @@ def perplexity_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     panels = list(series.groupby(["model", "dataset"]))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
     for ax, ((model, corpus), data) in zip(axes[0], panels):
-        for method in [m for m in ORDER if m in set(data.method)]:
+        for method in ordered_methods(data.method):
             d = data[data.method == method]
-            ax.plot(100 * d.sparsity, d.value, marker="o", label=METHOD_NAMES[method])
+            ax.plot(100 * d.sparsity, d.value, marker="o", label=method_label(method))
         dense = frame[(frame.model == model) & (frame.dataset == corpus) & (frame.method == "dense")]
         if not dense.empty:
             ax.axhline(float(dense.value.iloc[0]), color="gray", linestyle="--", label="Dense")
@@ -62,11 +61,12 @@ def zeroshot_bars(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     series = zs[["model", "setting", "method", "value"]].sort_values(["model", "setting", "method"])
     fig, ax = plt.subplots(figsize=(8, 4))
     settings = [s for s in dict.fromkeys(series.setting) if s != "dense"]
-    width = 0.8 / max(1, len(ORDER))
-    for k, method in enumerate(m for m in ORDER if m in set(series.method)):
+    methods = ordered_methods(series.method)
+    width = 0.8 / max(1, len(methods))
+    for k, method in enumerate(methods):
         d = series[series.method == method].set_index("setting")
         ax.bar([i + k * width for i in range(len(settings))], [100 * d.value.get(s, float("nan")) for s in settings],
-               width, label=METHOD_NAMES[method])
+               width, label=method_label(method))
     dense = series[series.method == "dense"]
     if not dense.empty:
         ax.axhline(100 * float(dense.value.iloc[0]), color="gray", linestyle="--", label="Dense")
@@ -90,9 +90,9 @@ def block_error_curves(records: list[dict[str, Any]], out_dir: Path) -> list[Pat
     panels = list(series.groupby(["model", "setting"]))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4), squeeze=False)
     for ax, ((model, setting), data) in zip(axes[0], panels):
-        for method in [m for m in ORDER if m in set(data.method)]:
+        for method in ordered_methods(data.method):
             d = data[data.method == method].sort_values("block")
-            ax.plot(d.block, d.rel_mse, marker=".", label=METHOD_NAMES[method])
+            ax.plot(d.block, d.rel_mse, marker=".", label=method_label(method))
         ax.set_yscale("log")
         ax.set_xlabel("block")
         ax.set_ylabel("relative output MSE vs dense")
@@ -108,9 +108,9 @@ def cost_bars(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
          "peak_gpu_gib": r.get("peak_gpu_gib", 0.0), "device": r.get("device") or "not recorded"} for r in records
     ], columns=["model", "method", "run", "seconds", "peak_gpu_gib", "device"])
     mean = series.groupby("method", as_index=False)[["seconds", "peak_gpu_gib"]].mean()
-    mean = mean.set_index("method").reindex([m for m in ORDER if m in set(mean.method)]).reset_index()
+    mean = mean.set_index("method").reindex(ordered_methods(mean.method)).reset_index()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    labels = [METHOD_NAMES[m] for m in mean.method]
+    labels = [method_label(m) for m in mean.method]
     axes[0].bar(labels, mean.seconds)
     axes[0].set_ylabel("pruning time per run (s)")
     axes[1].bar(labels, mean.peak_gpu_gib)
@@ -122,16 +122,20 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
     records = []
     for path in paths:
         rec = json.loads(Path(path).read_text())
-        parts = Path(path).parts  # results/<model>/runs/<run>/model/pruning.json
-        rec["model"], rec["run"] = parts[-5], parts[-3]
-        records.append(rec)
+        if rec.get("id"):
+            rec["model"], rec["run"] = rec["id"]["model"], rec["id"]["run"]
+        else:  # written before records carried their identity: results/<model>/runs/<run>/model/pruning.json
+            parts = Path(path).parts
+            rec["model"], rec["run"] = parts[-5], parts[-3]
+        if not rec.get("stages"):  # a staged run repeats its pruning run's blocks: counted once, there
+            records.append(rec)
     return records
 
 
 def draw_all(frame: pd.DataFrame, record_paths: list[str], out_dir: str | Path,
              config: dict[str, Any] | None = None) -> list[Path]:
+    from ..experiments import table_runs
     from .ablations import ablation_plots
-    from .tables import table_runs
 
     out = Path(out_dir)
     records = load_records(record_paths)

@@ -16,6 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from ..experiments import table_runs
+from .format import label as config_label, markdown, method_label, ordered_methods
+
 TITLES = {
     "table1": "Table 1. Perplexity at unstructured sparsity",
     "table2": "Table 2. Zero-shot accuracy (%) at unstructured sparsity",
@@ -24,9 +27,10 @@ TITLES = {
     "table5": "Table 5. Zero-shot accuracy (%) under N:M sparsity, alone and with weight quantization",
     "table6": "Table 6. SAM single-point IoU under N:M sparsity, alone and with weight quantization",
 }
-METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "icp": "ICP"}
-COLUMNS = ["model", "run", "method", "pattern", "sparsity", "wbits", "evaluation", "dataset", "metric", "value",
-           "stderr", "count", "tokens", "subset", "run_hash", "config_hash", "versions", "machine", "source", "note"]
+# the identity columns come from the `id` block every evaluation JSON carries (Experiment.identity)
+IDENTITY = ("model", "run", "method", "pattern", "sparsity", "wbits", "run_hash", "stages")
+COLUMNS = [*IDENTITY[:6], "evaluation", "dataset", "metric", "value", "stderr", "count", "tokens", "subset",
+           "run_hash", "stages", "versions", "machine", "source", "note"]
 
 
 def collect_results(paths: list[str]) -> pd.DataFrame:
@@ -39,7 +43,8 @@ def collect_results(paths: list[str]) -> pd.DataFrame:
             Path(path).unlink(missing_ok=True)
             raise ValueError(f"{path} is damaged ({err}); it has been removed: run the workflow again and "
                              f"its evaluation rule rebuilds it") from None
-        base = {k: data.get(k) for k in ("model", "run", "method", "pattern", "sparsity", "wbits", "run_hash", "config_hash")}
+        base = {k: data.get(k) for k in IDENTITY}
+        base["stages"] = "+".join(base["stages"] or [])
         base["versions"] = json.dumps(data.get("versions", {}), sort_keys=True)
         base["machine"] = json.dumps(data.get("machine", {}), sort_keys=True)
         base["source"] = str(path)
@@ -103,12 +108,6 @@ def _fmt(value: float, stderr: float | None, mark: str, percent: bool) -> str:
     return f"**{text}**" if mark == "best" else text + " †" if mark == "tied" else text
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 Cell = tuple[float, float | None]  # value, standard error
 
 
@@ -166,11 +165,7 @@ def _grid(frame: pd.DataFrame, groups: list[tuple[str, list[tuple[str, dict[str,
         for k, (label, _) in enumerate(members):
             row = ["–" if c is None else _fmt(c[0], c[1], marks[k][j], percent) for j, c in enumerate(cells[k])]
             out_rows.append(([group_name] if group_name is not None else []) + [label] + row)
-    return _markdown(first_header + [c for c, _ in columns], out_rows)
-
-
-def _label(config: dict[str, Any], kind: str, name: str) -> str:
-    return (config.get(kind, {}).get(name) or {}).get("label", name)
+    return markdown(first_header + [c for c, _ in columns], out_rows)
 
 
 def _row_groups(t: dict[str, Any], by_sparsity: bool, with_dense: bool = True) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
@@ -178,12 +173,12 @@ def _row_groups(t: dict[str, Any], by_sparsity: bool, with_dense: bool = True) -
     groups = [("", [("Dense", {"method": "dense"})])] if with_dense else []
     if by_sparsity:
         for s in t["sparsities"]:
-            members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
+            members = [(method_label(m), {"method": m, "pattern": "unstructured", "sparsity": float(s), "wbits": 16}) for m in t["methods"]]
             groups.append((f"{round(100 * s)}%", members))
     else:
         for pattern in t["patterns"]:
             for bits in t.get("wbits", [16]):
-                members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
+                members = [(method_label(m), {"method": m, "pattern": pattern, "wbits": int(bits)}) for m in t["methods"]]
                 groups.append((_setting(pattern, None, int(bits)), members))
     return groups
 
@@ -194,19 +189,19 @@ def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     ppl = frame[frame["evaluation"] == "perplexity"]
     for model in t["models"]:
         mf = ppl[ppl["model"] == model]
-        title = f"**{_label(config, 'models', model)}**"
+        title = f"**{config_label(config, 'models', model)}**"
         if key == "table1":
             corpus = t["corpora"][0]
             cf = mf[mf["dataset"] == corpus]
             columns = [(f"{round(100 * s)}%", {"sparsity": float(s)}) for s in t["sparsities"]]
-            members = [(METHOD_NAMES.get(m, m), {"method": m, "pattern": "unstructured", "wbits": 16}) for m in t["methods"]]
-            dense = _lookup(cf, method="dense")
+            members = [(method_label(m), {"method": m, "pattern": "unstructured", "wbits": 16}) for m in t["methods"]]
+            dense = _lookup(cf, method="dense") if t.get("dense", True) else None
             grid = _grid(cf, [(None, members)], columns, False, False, ["Method"])
             dense_line = f"Dense: {dense[0]:.2f}" if dense is not None else ""
-            blocks.append(f"{title} — perplexity on {_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
+            blocks.append(f"{title} — perplexity on {config_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
         else:
-            columns = [(_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
-            groups = _row_groups(t, by_sparsity=False)
+            columns = [(config_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
+            groups = _row_groups(t, by_sparsity=False, with_dense=t.get("dense", True))
             blocks.append(f"{title}\n\n" + _grid(mf, groups, columns, False, False, ["Setting", "Method"]))
     return blocks
 
@@ -220,9 +215,9 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
         tasks = [d for d in dict.fromkeys(mf["dataset"]) if d != "mean"]
         task_labels = config.get("zeroshot", {}).get("tasks", {})
         columns = [((task_labels.get(d) or {}).get("label", d), {"dataset": d}) for d in tasks] + [("Mean", {"dataset": "mean"})]
-        groups = _row_groups(t, by_sparsity=key == "table2")
+        groups = _row_groups(t, by_sparsity=key == "table2", with_dense=t.get("dense", True))
         header = ["Sparsity" if key == "table2" else "Setting", "Method"]
-        blocks.append(f"**{_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, header))
+        blocks.append(f"**{config_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, header))
     return blocks
 
 
@@ -230,7 +225,7 @@ def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     """Rows: methods grouped by sparsity (3) or setting (6); columns: each model on each image set."""
     t = config["tables"][key]
     iou = frame[frame["evaluation"] == "iou"]
-    columns = [(f"{_label(config, 'models', m)} {_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
+    columns = [(f"{config_label(config, 'models', m)} {config_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
                for m in t["models"] for d in t["datasets"]]
     groups = _row_groups(t, by_sparsity=key == "table3", with_dense=t.get("dense", True))
     header = ["Sparsity" if key == "table3" else "Setting", "Method"]
@@ -243,7 +238,7 @@ def _perplexity_note(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     for dataset, rows in ppl.groupby("dataset", sort=False):
         tokens, windows = int(rows["tokens"].max()), int(rows["count"].max())
         whole = "" if rows["subset"].any() else ", the whole text"
-        spans.append(f"{_label(config, 'corpora', dataset)}: {tokens:,} tokens ({windows} windows{whole})")
+        spans.append(f"{config_label(config, 'corpora', dataset)}: {tokens:,} tokens ({windows} windows{whole})")
     return f"_Perplexity over {'; '.join(spans)}._\n" if spans else ""
 
 
@@ -266,24 +261,16 @@ def cost_table(series: pd.DataFrame, config: dict[str, Any]) -> str:
     if "device" not in series:  # written by an older version of the pipeline
         series = series.assign(device="not recorded")
     rows = []
-    order = list(METHOD_NAMES)
-    series = series.assign(rank=series["method"].map(lambda m: order.index(m) if m in order else len(order)))
+    order = ordered_methods(series["method"])
+    series = series.assign(rank=series["method"].map(order.index))
     for (model, _, method), runs in series.groupby(["model", "rank", "method"], sort=True):
         peak = runs["peak_gpu_gib"].max()
-        rows.append([_label(config, "models", model), METHOD_NAMES.get(method, method), str(len(runs)),
+        rows.append([config_label(config, "models", model), method_label(method), str(len(runs)),
                      f"{runs['seconds'].mean():.1f}", f"{peak:.2f}" if peak > 0 else "– (CPU)",
                      ", ".join(sorted(set(map(str, runs["device"]))))])
     header = ["Model", "Method", "Runs", "Pruning time per run (s)", "Peak accelerator memory (GiB)", "Device"]
-    return ("## Cost (the paper's Table 9)\n\n" + _markdown(header, rows) + "\n\n_From each pruning job's own "
+    return ("## Cost (the paper's Table 9)\n\n" + markdown(header, rows) + "\n\n_From each pruning job's own "
             "record (`pruning.json`): the block walk's time, without process start or evaluation._\n")
-
-
-def table_runs(config: dict[str, Any], *tables: str) -> set[str]:
-    """Run names (and 'dense') of the given tables, by default all six: a CSV may also hold the
-    ablation sweeps' runs, which share a method and sparsity with table cells but not their settings."""
-    from ..experiments import LANGUAGE_TABLES, SAM_TABLES, table_experiments
-
-    return {e.run for key in (tables or (*LANGUAGE_TABLES, *SAM_TABLES)) for e in table_experiments(config, key)}
 
 
 def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
@@ -292,8 +279,8 @@ def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
     title = "## 2:4 at inference\n\n"
     if inf.empty:
         return ""
-    model = _label(config, "models", str(inf["model"].iloc[0]))
-    method = METHOD_NAMES.get(str(inf["method"].iloc[0]), inf["method"].iloc[0])
+    model = config_label(config, "models", str(inf["model"].iloc[0]))
+    method = method_label(str(inf["method"].iloc[0]))
     if (inf["dataset"] == "not measured").any():
         reason = inf.loc[inf["dataset"] == "not measured", "note"].iloc[0]
         return title + f"_Not measured: {reason}._\n"
@@ -318,7 +305,7 @@ def inference_table(frame: pd.DataFrame, config: dict[str, Any]) -> str:
             f"{linears}, timed alternately with the dense model in one process on "
             f"{machine.get('gpu', machine.get('device'))}, torch {versions.get('torch')}; medians. Speedup > 1: "
             "the 2:4 model is faster._\n")
-    return title + _markdown(["Case", "Dense", "2:4 (semi-structured)", "Speedup"], rows) + "\n\n" + note
+    return title + markdown(["Case", "Dense", "2:4 (semi-structured)", "Speedup"], rows) + "\n\n" + note
 
 
 def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -351,7 +338,7 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
         if key in ("table3", "table6"):
             counts = frame_t[frame_t["evaluation"] == "iou"].groupby("dataset")["count"].max()
             if not counts.empty:
-                sizes = ", ".join(f"{_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
+                sizes = ", ".join(f"{config_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())
                 parts.append(f"_Instances per evaluation ({sizes}); one point per instance (see icp/evaluate/sam_iou.py)._\n")
     from .ablations import ablation_section
 

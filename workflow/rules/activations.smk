@@ -7,16 +7,17 @@ rule block0_activations:
         dense=rules.export_dense.output.weights,
         inputs=lambda wc: X.calibration_path(config, wc.model, wc.key),
     output:
-        "results/{model}/activations/calib-{key}.pt",
+        L.pattern("block0_inputs"),
     params:
+        dense=lambda wc: dense_dir(wc.model),
         icp=ICP_CLI,
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/activations-{key}.log",
+        L.log("activations-{key}"),
     benchmark:
-        "results/{model}/benchmarks/activations-{key}.tsv"
+        L.benchmark("activations-{key}")
     shell:
-        "{params.icp} activations --model-dir results/{wildcards.model}/dense --tokens {input.inputs} "
+        "{params.icp} activations --model-dir {params.dense} --tokens {input.inputs} "
         "--dtype {params.dtype} --out {output} > {log} 2>&1"

@@ -4,7 +4,7 @@ import os
 import shlex
 
 from icp import experiments as X
-from icp.runs import block_groups
+from icp import layout as L
 from snakemake.exceptions import WorkflowError
 
 # with the ablations' alpha/beta pairs checked against the model's real layer shapes, where known
@@ -37,7 +37,7 @@ ICP_CLI = f"{sys.executable} -m icp.cli"
 
 wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
-    run=r"[A-Za-z0-9_.\-]+",
+    run=L.RUN_WITH_STAGES,
     corpus=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     dataset=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     group=r"\d{3}",
@@ -62,54 +62,52 @@ def experiment(wc):
     try:
         return EXPERIMENTS[(wc.model, wc.run)]
     except KeyError:
+        if wc.run == L.DENSE and wc.model in config["models"]:
+            return X.Experiment(wc.model, L.DENSE, None)
         raise ValueError(f"no experiment {wc.run!r} for model {wc.model!r} in this config") from None
 
 
 def dense_dir(model):
-    return f"results/{model}/dense"
+    return L.path("dense_dir", model=model)
 
 
 def num_blocks(model):
-    """Blocks of a model, read from its exported dense config (a Snakemake checkpoint)."""
+    """Blocks of a model as its adapter counts them: the export's layer shapes hold one entry per
+    block (torch-free to read; a Snakemake checkpoint, so read once the export exists)."""
     out = checkpoints.export_dense.get(model=model).output.config
-    return json.loads(open(out).read())["num_hidden_layers"]
+    shapes = os.path.join(os.path.dirname(out), X.SHAPES_FILE)
+    if os.path.isfile(shapes):
+        return len(json.loads(open(shapes).read()))
+    return json.loads(open(out).read())["num_hidden_layers"]  # a tree exported before the shapes file
 
 
 def step_groups(model):
-    return block_groups(num_blocks(model), config["engine"]["blocks_per_step"])
+    return L.block_groups(num_blocks(model), config["engine"]["blocks_per_step"])
 
 
 def model_dir(model, run):
-    return dense_dir(model) if run == "dense" else f"results/{model}/runs/{run}/model"
+    return L.model_dir(model, run)
 
 
 def model_weights(wc):
-    return f"{model_dir(wc.model, wc.run)}/model.safetensors"
+    return L.path("dense_weights", model=wc.model) if wc.run == L.DENSE else L.path("run_weights", model=wc.model, run=wc.run)
 
 
 def run_meta(wc, **extra):
-    exp = experiment(wc) if wc.run != "dense" else None
-    spec = exp.spec_data if exp else {}
-    return json.dumps({
-        "model": wc.model, "run": wc.run,
-        "method": spec.get("method", "dense"),
-        "pattern": spec.get("pattern", "dense"),
-        "sparsity": spec.get("sparsity") if spec.get("pattern") == "unstructured" else None,
-        "wbits": spec.get("wbits", 16),
-        "run_hash": wc.run.rsplit("-", 1)[-1] if exp else None,
-        **extra,
-    })
+    """The `id` block of an evaluation's JSON (and of its results.csv rows), with what it evaluated."""
+    return json.dumps({**experiment(wc).identity(), **extra})
 
 
 def carry_in(wc):
     group = int(wc.group)
     if group == 0:
-        return f"results/{wc.model}/activations/calib-{experiment(wc).calibration}.pt"
-    return f"results/{wc.model}/runs/{wc.run}/steps/{group - 1:03d}.carry.pt"
+        return L.path("block0_inputs", model=wc.model, key=experiment(wc).calibration)
+    return L.path("step_carry", model=wc.model, run=wc.run, group=f"{group - 1:03d}")
 
 
 def step_files(wc, kind):
-    return [f"results/{wc.model}/runs/{wc.run}/steps/{g:03d}.{kind}" for g in range(len(step_groups(wc.model)))]
+    name = {"blocks": "step_blocks", "json": "step_record"}[kind]
+    return [L.path(name, model=wc.model, run=wc.run, group=f"{g:03d}") for g in range(len(step_groups(wc.model)))]
 
 
 def sam_export_args(model):
@@ -123,7 +121,7 @@ def sam_export_args(model):
 
 
 def local_task_dir():
-    return f"results/zeroshot_tasks/{X.zeroshot_key(config)}"
+    return L.path("zeroshot_tasks", key=X.zeroshot_key(config))
 
 
 def image_set_inputs(name):
@@ -134,6 +132,6 @@ def image_set_inputs(name):
 
 def shape_set_spec(key):
     for name in config.get("image_sets") or {}:
-        if X.shapes_dir(config, name) == f"results/shapes/{key}":
+        if X.shapes_dir(config, name) == L.path("shape_images", key=key):
             return config["image_sets"][name]
     raise ValueError(f"no shapes image set has the key {key!r}")

@@ -5,9 +5,9 @@
 rule perplexity:
     input:
         weights=model_weights,
-        tokens=lambda wc: f"results/{wc.model}/data/eval-{wc.corpus}-{wc.key}.pt",
+        tokens=lambda wc: L.path("eval_tokens", model=wc.model, corpus=wc.corpus, key=wc.key),
     output:
-        "results/{model}/evals/{run}/ppl-{corpus}-{key}.json",
+        L.pattern("perplexity"),
     params:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
@@ -18,9 +18,9 @@ rule perplexity:
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/evals/{run}/ppl-{corpus}-{key}.log",
+        L.log("evals/{run}/ppl-{corpus}-{key}"),
     benchmark:
-        "results/{model}/benchmarks/evals/{run}/ppl-{corpus}-{key}.tsv"
+        L.benchmark("evals/{run}/ppl-{corpus}-{key}")
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
@@ -31,14 +31,14 @@ rule perplexity:
 
 rule zeroshot_tasks:
     output:
-        directory("results/zeroshot_tasks/{key}"),
+        directory(L.pattern("zeroshot_tasks")),
     params:
         icp=ICP_CLI,
         settings=json.dumps(config["zeroshot"]),
     conda:
         "../envs/icp.yaml"
     log:
-        "results/logs/zeroshot_tasks-{key}.log",
+        L.global_log("zeroshot_tasks-{key}"),
     shell:
         "{params.icp} zeroshot-tasks --settings {params.settings:q} --out-dir {output} > {log} 2>&1"
 
@@ -48,7 +48,7 @@ rule zeroshot:
         weights=model_weights,
         tasks=local_task_dir() if config["zeroshot"].get("local_tasks") else [],
     output:
-        "results/{model}/evals/{run}/zeroshot-{key}.json",
+        L.pattern("zeroshot"),
     params:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
@@ -60,9 +60,9 @@ rule zeroshot:
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/evals/{run}/zeroshot-{key}.log",
+        L.log("evals/{run}/zeroshot-{key}"),
     benchmark:
-        "results/{model}/benchmarks/evals/{run}/zeroshot-{key}.tsv"
+        L.benchmark("evals/{run}/zeroshot-{key}")
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
@@ -76,7 +76,7 @@ rule sam_iou:
         weights=model_weights,
         images=lambda wc: image_set_inputs(wc.dataset),
     output:
-        "results/{model}/evals/{run}/iou-{dataset}-{key}.json",
+        L.pattern("iou"),
     params:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
@@ -89,9 +89,9 @@ rule sam_iou:
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/evals/{run}/iou-{dataset}-{key}.log",
+        L.log("evals/{run}/iou-{dataset}-{key}"),
     benchmark:
-        "results/{model}/benchmarks/evals/{run}/iou-{dataset}-{key}.tsv"
+        L.benchmark("evals/{run}/iou-{dataset}-{key}")
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
@@ -102,28 +102,29 @@ rule sam_iou:
 
 rule inference_speed:
     input:
-        dense=lambda wc: f"{dense_dir(wc.model)}/model.safetensors",
+        dense=lambda wc: L.path("dense_weights", model=wc.model),
         weights=model_weights,
     output:
-        "results/{model}/evals/{run}/inference-{key}.json",
+        L.pattern("inference"),
     params:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc),
+        dense=lambda wc: dense_dir(wc.model),
         settings=json.dumps(X.inference_settings(config)),
         device=DEVICE,
         slots=JOBS_PER_GPU,
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/evals/{run}/inference-{key}.log",
+        L.log("evals/{run}/inference-{key}"),
     benchmark:
-        "results/{model}/benchmarks/evals/{run}/inference-{key}.tsv"
+        L.benchmark("evals/{run}/inference-{key}")
     resources:
         # timings need a GPU to themselves: the job counts as jobs_per_gpu GPU jobs here and, on a
         # multi-GPU host, locks every slot of the GPU it is pinned to (icp/gpu_slots.py)
         gpu=JOBS_PER_GPU if uses_gpu() else 0,
     shell:
-        "{params.icp} inference-speed --dense-dir results/{wildcards.model}/dense --model-dir {params.model_dir} "
+        "{params.icp} inference-speed --dense-dir {params.dense} --model-dir {params.model_dir} "
         "--settings {params.settings:q} --meta {params.meta:q} --device {params.device} --gpu-slots {params.slots} "
         "--out {output} > {log} 2>&1"

@@ -12,10 +12,13 @@ rule prune_step:
     output:
         # the assembled model holds every pruned block: once it is written the step's copy goes
         # (halves a grid's disk use; `snakemake --notemp` keeps them)
-        blocks=temp(directory("results/{model}/runs/{run}/steps/{group}.blocks")),
-        record="results/{model}/runs/{run}/steps/{group}.json",
-        carry=temp("results/{model}/runs/{run}/steps/{group}.carry.pt"),
+        blocks=temp(directory(L.pattern("step_blocks"))),
+        record=L.pattern("step_record"),
+        carry=temp(L.pattern("step_carry")),
+    wildcard_constraints:
+        run=L.RUN_NAME,  # a pruning run (a staged run's name holds a '+')
     params:
+        dense=lambda wc: dense_dir(wc.model),
         icp=ICP_CLI,
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
         first=lambda wc: step_groups(wc.model)[int(wc.group)].start,
@@ -26,15 +29,15 @@ rule prune_step:
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/runs/{run}/step-{group}.log",
+        L.log("runs/{run}/step-{group}"),
     benchmark:
-        "results/{model}/benchmarks/runs/{run}/step-{group}.tsv"
+        L.benchmark("runs/{run}/step-{group}")
     resources:
         gpu=1 if uses_gpu() else 0,
         mem_mb=lambda wc: config["models"][wc.model].get("mem_mb", 8000),
         runtime=lambda wc: config["models"][wc.model].get("step_minutes", 60),
     shell:
-        "{params.icp} prune-step --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
+        "{params.icp} prune-step --model-dir {params.dense} --spec {params.spec:q} "
         "--first {params.first} --last {params.last} --carry-in {input.carry} --blocks {output.blocks} "
         "--record {output.record} --carry-out {output.carry} --device {params.device} "
         "--batch-size {params.batch} {params.offload} > {log} 2>&1"
@@ -46,16 +49,21 @@ rule assemble_model:
         blocks=lambda wc: step_files(wc, "blocks"),
         records=lambda wc: step_files(wc, "json"),
     output:
-        weights="results/{model}/runs/{run}/model/model.safetensors",
-        record="results/{model}/runs/{run}/model/pruning.json",
+        weights=L.pattern("run_weights"),
+        record=L.pattern("run_record"),
+    wildcard_constraints:
+        run=L.RUN_NAME,
     params:
         icp=ICP_CLI,
+        dense=lambda wc: dense_dir(wc.model),
+        out=lambda wc: L.model_dir(wc.model, wc.run),
         spec=lambda wc: json.dumps(experiment(wc).spec_data),
+        identity=lambda wc: json.dumps(experiment(wc).identity()),
     conda:
         "../envs/icp.yaml"
     log:
-        "results/{model}/logs/runs/{run}/assemble.log",
+        L.log("runs/{run}/assemble"),
     shell:
-        "{params.icp} assemble --model-dir results/{wildcards.model}/dense --spec {params.spec:q} "
-        "--blocks {input.blocks} --records {input.records} "
-        "--out-dir results/{wildcards.model}/runs/{wildcards.run}/model > {log} 2>&1"
+        "{params.icp} assemble --model-dir {params.dense} --spec {params.spec:q} "
+        "--identity {params.identity:q} --blocks {input.blocks} --records {input.records} "
+        "--out-dir {params.out} > {log} 2>&1"

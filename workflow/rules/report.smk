@@ -11,58 +11,59 @@ rule collect_results:
     input:
         X.evaluation_targets(config),
     output:
-        "results/results.csv",
+        L.pattern("results_csv"),
     params:
         icp=ICP_CLI,
     conda:
         "../envs/icp.yaml"
     log:
-        "results/logs/collect.log",
+        L.global_log("collect"),
     shell:
         "{params.icp} collect --evals {input} --csv {output} > {log} 2>&1"
 
 
 rule plots:
     input:
-        csv="results/results.csv",
+        csv=L.pattern("results_csv"),
         records=X.run_records(config),
     output:
         **{
             f"{name}_png": report(
-                f"results/plots/{name}.png",
+                L.path("plot", name=name, ext="png"),
                 caption=f"{workflow.basedir}/workflow/report/{name.split('_')[0] if name in ABLATION_PLOTS else name}.rst",
                 category="Plots",
             )
             for name in PLOTS + ABLATION_PLOTS
         },
-        **{f"{name}_svg": f"results/plots/{name}.svg" for name in PLOTS + ABLATION_PLOTS},
-        **{f"{name}_csv": f"results/plots/{name}.csv" for name in PLOTS + ABLATION_PLOTS},
+        **{f"{name}_svg": L.path("plot", name=name, ext="svg") for name in PLOTS + ABLATION_PLOTS},
+        **{f"{name}_csv": L.path("plot", name=name, ext="csv") for name in PLOTS + ABLATION_PLOTS},
     params:
         icp=ICP_CLI,
         config=json.dumps(config),
+        out_dir=L.pattern("plots_dir"),
     conda:
         "../envs/icp.yaml"
     log:
-        "results/logs/plots.log",
+        L.global_log("plots"),
     shell:
         "{params.icp} plots --csv {input.csv} --records {input.records} --config {params.config:q} "
-        "--out-dir results/plots > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule tables:
     input:
-        csv="results/results.csv",
-        plots=[f"results/plots/{name}.png" for name in PLOTS + ABLATION_PLOTS],
-        cost="results/plots/cost.csv",
+        csv=L.pattern("results_csv"),
+        plots=[L.path("plot", name=name, ext="png") for name in PLOTS + ABLATION_PLOTS],
+        cost=L.path("plot", name="cost", ext="csv"),
     output:
-        report("results/tables.md", caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
+        report(L.pattern("tables"), caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
         icp=ICP_CLI,
         config=json.dumps(config),
     conda:
         "../envs/icp.yaml"
     log:
-        "results/logs/tables.log",
+        L.global_log("tables"),
     shell:
         "{params.icp} tables --config {params.config:q} --csv {input.csv} --plots {input.plots} {input.cost} "
         "--md {output} > {log} 2>&1"

@@ -1,5 +1,5 @@
 """ICP's compensation step: fine-tune the next block so that, fed the pruned (error) stream,
-its output matches the dense (standard) stream.
+its output matches the dense (standard) stream. Its settings are `icp.spec.Compensation`.
 
 Pruning itself is done by an inner pruner (SparseGPT by default) inside the engine's window
 step; this module holds what ICP adds on top: the short, seeded training of B_{i+1}.
@@ -7,8 +7,6 @@ step; this module holds what ICP adds on top: the short, seeded training of B_{i
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -16,68 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Compensation:
-    """Settings of the compensation fine-tune (the paper fixes only the idea; see the README's table
-    of the official scripts' settings for how theirs map onto these).
-
-    train: "all" trains every parameter of the block; "linear" only the prunable linears' weights.
-    amp: mixed precision on CUDA (master weights stay fp32); ignored on the CPU.
-    autocast: the mixed-precision type: "bf16", or "fp16" with a gradient scaler (the official loop).
-    optimizer: "adamw" (decoupled weight decay) or "adam" (the official loop; L2 decay if any).
-    schedule: "none" (constant lr) or "exponential" (lr x gamma after every epoch, as the official
-        loop's ExponentialLR stepped once per epoch).
-    dropout: train with the block's dropout active (the official loop puts the block in train mode;
-        only OPT has nonzero dropout), drawn from a generator seeded like the sample order.
-    """
-
-    epochs: int = 1
-    lr: float = 1e-4
-    batch_size: int = 1
-    weight_decay: float = 0.0
-    train: str = "all"
-    seed: int = 0
-    amp: bool = True
-    autocast: str = "bf16"
-    optimizer: str = "adamw"
-    schedule: str = "none"
-    gamma: float = 1.0
-    dropout: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"compensation '{name}' must be a finite number, got {value!r}")
-        for name in ("epochs", "batch_size", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"compensation '{name}' must be a whole number, got {value!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or self.weight_decay < 0:
-            raise ValueError(f"invalid compensation settings: {asdict(self)}")
-        choices = {"train": ("all", "linear"), "autocast": ("bf16", "fp16"), "optimizer": ("adamw", "adam"),
-                   "schedule": ("none", "exponential")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"compensation '{name}' must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"compensation 'gamma' must be in (0, 1], got {self.gamma!r}")
-        if self.schedule == "none" and self.gamma != 1.0:
-            raise ValueError("compensation 'gamma' needs schedule: exponential (with schedule: none the lr is constant)")
-        for name in ("amp", "dropout"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"compensation '{name}' must be true or false, got {getattr(self, name)!r}")
-
-
-# Settings added after runs were already hashed: left out of a run's identity while at their
-# default, so runs made before they existed keep their hashes (and their results on disk).
-LATER_DEFAULTS = {"autocast": "bf16", "optimizer": "adamw", "schedule": "none", "gamma": 1.0, "dropout": False}
-
-
-def hashed_compensation(settings: dict[str, Any]) -> dict[str, Any]:
-    """The compensation settings as a run's hash holds them (see LATER_DEFAULTS)."""
-    return {k: v for k, v in settings.items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+from ..spec import LATER_DEFAULTS, Compensation, hashed_compensation  # noqa: F401  (re-exported)
 
 
 def _trainable(block: nn.Module, adapter: Any, which: str) -> list[nn.Parameter]:

@@ -1,0 +1,133 @@
+"""Input compensation: the pool, its training, folding it into the embeddings, the stage job."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from icp.data.tokens import calibration_windows, evaluation_windows, tokenize_stream
+from icp.evaluate.perplexity import perplexity
+from icp.methods.input_compensation import (InputPool, dense_targets, fold_into_embeddings, last_hidden_states,
+                                            pool_applied, train_input_compensation)
+from icp.models import adapter_for
+from icp.models.loading import load_model
+from icp.spec import InputCompensationSettings, stage_settings
+from tiny import generated_text, write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def pruned_and_dense(tmp_path_factory):
+    """A tiny Llama (tied embeddings, as SmolLM2) magnitude-pruned at 70 %, and its dense twin."""
+    import icp
+
+    root = tmp_path_factory.mktemp("ic")
+    source = write_tiny_model(root / "dense", "llama", blocks=2, hidden=32)
+    dense, tok = load_model(str(source))
+    pruned, _ = load_model(str(source))
+    text = generated_text(3000)
+    calib = calibration_windows(tok, [text], 8, 24, 0)
+    icp.prune(pruned, calib, method="magnitude", sparsity=0.7, device="cpu")
+    evals = evaluation_windows(tokenize_stream(tok, [generated_text(2000, seed=1)]), 24, 6)
+    return root, source, dense, pruned, tok, calib, evals
+
+
+def test_folded_embeddings_give_the_logits_of_the_pool_applied_at_run_time(pruned_and_dense):
+    _, _, _, pruned, _, calib, _ = pruned_and_dense
+    model = type(pruned)(copy.deepcopy(pruned.config))  # the fold unties the config: not the fixture's
+    model.load_state_dict(pruned.state_dict())
+    model.eval()
+    adapter = adapter_for("llama")
+    pool = InputPool(32, 4, init_std=0.5, seed=3)  # a large pool: the correction is far from zero
+    head_before = model.get_output_embeddings().weight.detach().clone()
+    with torch.no_grad(), pool_applied(adapter.input_embeddings(model), pool):
+        expected = model(calib).logits
+    assert model.config.tie_word_embeddings
+    fold_into_embeddings(model, adapter, pool)
+    with torch.no_grad():
+        got = model(calib).logits
+    assert not model.config.tie_word_embeddings  # untied: the head keeps the original table
+    assert torch.equal(model.get_output_embeddings().weight, head_before)
+    assert not torch.equal(model.get_input_embeddings().weight, head_before)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_the_hidden_state_error_and_resumes_bit_identically(pruned_and_dense, tmp_path):
+    _, _, dense, pruned, _, calib, _ = pruned_and_dense
+    adapter = adapter_for("llama")
+    targets = dense_targets(dense, calib)
+    # the tiny model's embeddings are small (std 0.02): a pool of the paper's N(0, 0.01^2) would
+    # start far from the identity, so the test starts it closer
+    settings = InputCompensationSettings(rank=8, epochs=4, lr=1e-3, warmup=0.2, init_std=1e-3)
+    with torch.no_grad():
+        before = float((last_hidden_states(pruned, calib) - targets).pow(2).mean())
+    pool, record = train_input_compensation(pruned, adapter, calib, targets, settings, log=lambda s: None)
+    with torch.no_grad(), pool_applied(adapter.input_embeddings(pruned), pool):
+        after = float((last_hidden_states(pruned, calib) - targets).pow(2).mean())
+    assert len(record["epoch_loss"]) == 4 and record["steps_per_epoch"] == 4 and record["warmup_steps"] == 3
+    assert after < 0.95 * before
+    assert all(not p.requires_grad for p in pruned.parameters())  # the pruned weights stay frozen
+
+    # killed after epoch 2: the rerun reads the progress file and ends where the whole run ended
+    progress = tmp_path / "progress"
+
+    def killed_after_epoch_2(line: str) -> None:
+        if "epoch 2/4" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_input_compensation(pruned, adapter, calib, targets, settings, progress=progress, log=killed_after_epoch_2)
+    assert torch.load(progress, weights_only=False)["epoch"] == 2
+    lines = []
+    resumed, record2 = train_input_compensation(pruned, adapter, calib, targets, settings, progress=progress,
+                                                log=lines.append)
+    assert any("resuming input compensation after epoch 2/4" in line for line in lines)
+    assert torch.equal(resumed.key, pool.key) and torch.equal(resumed.value, pool.value)
+    assert record2["epoch_loss"] == record["epoch_loss"]
+
+
+def test_the_stage_job_writes_a_checkpoint_that_reloads_with_the_same_perplexity(pruned_and_dense, tmp_path):
+    from icp.stages import run_input_compensation
+
+    root, source, dense, pruned, tok, calib, evals = pruned_and_dense
+    run_dir = tmp_path / "run"
+    pruned.save_pretrained(run_dir)
+    tok.save_pretrained(run_dir)
+    (run_dir / "pruning.json").write_text(json.dumps({"spec": {"method": "magnitude"}, "blocks": []}))
+    targets = tmp_path / "outputs.pt"
+    torch.save({"tokens": calib, "last_hidden": dense_targets(dense, calib)}, targets)
+    stage = {"name": "ic", "settings": {"rank": 8, "epochs": 3, "lr": 1e-3, "init_std": 1e-3}, "calibration": "abc", "input_run": "run"}
+    out = tmp_path / "run+ic"
+    entry = run_input_compensation(run_dir, targets, stage, {"run": "run+ic-0123abcd"}, out, tmp_path / "progress",
+                                   log=lambda s: None)
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["id"]["run"] == "run+ic-0123abcd" and record["stages"][0]["name"] == "ic"
+    assert record["stages"][0]["settings"]["rank"] == 8 and len(entry["epoch_loss"]) == 3
+    assert not (tmp_path / "progress").exists()
+    reloaded, reloaded_tok = load_model(str(out))
+    assert reloaded_tok is not None and not reloaded.config.tie_word_embeddings
+    # the pruned linears are untouched, the embedding table changed
+    for name, value in pruned.state_dict().items():
+        if "layers" in name:
+            assert torch.equal(reloaded.state_dict()[name], value), name
+    assert not torch.equal(reloaded.get_input_embeddings().weight, pruned.get_input_embeddings().weight)
+    # same perplexity as the pool applied at run time to the pruned model
+    from safetensors.torch import load_file
+
+    pool_state = load_file(str(out / "ic_pool.safetensors"))
+    pool = InputPool(32, 8)
+    pool.load_state_dict(pool_state)
+    with pool_applied(adapter_for("llama").input_embeddings(pruned), pool):
+        live = perplexity(pruned, evals, batch_size=3)
+    assert perplexity(reloaded, evals, batch_size=3) == pytest.approx(live, rel=1e-5)
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="'rank' must be at least 1"):
+        stage_settings("ic", {"rank": 0})
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['ranks'\]"):
+        stage_settings("ic", {"ranks": 4})
+    with pytest.raises(ValueError, match="'epochs' must be a whole number"):
+        stage_settings("ic", {"epochs": 1.5})
