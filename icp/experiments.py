@@ -20,10 +20,12 @@ from .layout import SAFE_NAME, is_sam_source, short_hash
 from .registry import METHODS, STAGES, method_label, split_method
 from .spec import ICP_DEFAULTS, RunSpec, hashed_compensation, hashed_stage_settings, stage_settings
 
-LANGUAGE_TABLES = ("table1", "table2", "table4", "table5")
-PERPLEXITY_TABLES = ("table1", "table4")
-ZEROSHOT_TABLES = ("table2", "table5")
+# the ICP paper's six tables, and the input-compensation paper's two (its Tables 3 and 4)
+LANGUAGE_TABLES = ("table1", "table2", "table4", "table5", "ic_perplexity", "ic_zeroshot")
+PERPLEXITY_TABLES = ("table1", "table4", "ic_perplexity")
+ZEROSHOT_TABLES = ("table2", "table5", "ic_zeroshot")
 SAM_TABLES = ("table3", "table6")
+SPARSITY_TABLES = ("table1", "table2", "table3", "ic_perplexity", "ic_zeroshot")  # rows by sparsity, not N:M
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ def is_sam(config: dict[str, Any], model: str) -> bool:
 
 def model_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """A model's entry as the hashes of its data and evaluations hold it: its own method settings
-    are left out (they reach only the runs of their method, through the run's spec)."""
-    return {k: v for k, v in config["models"][model].items() if k != "methods"}
+    are left out (they reach only the runs of their method, through the run's spec), and so are its
+    own stage settings (they reach only the stage's hash)."""
+    return {k: v for k, v in config["models"][model].items() if k not in ("methods", "stages")}
 
 
 def calibration_section(config: dict[str, Any], model: str, override: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,7 +251,7 @@ def table_rows(config: dict[str, Any], table: str) -> list[tuple[str, str, str, 
         if t.get("dense", True):
             rows.append((model, "dense", "dense", None, 16))
         for method in t["methods"]:
-            if table in ("table1", "table2", "table3"):
+            if table in SPARSITY_TABLES:
                 for s in t["sparsities"]:
                     rows.append((model, method, "unstructured", float(s), 16))
             else:

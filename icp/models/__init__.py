@@ -12,6 +12,12 @@ from .base import ROLES, FamilyAdapter
 ADAPTERS: dict[str, str] = {  # config.model_type -> "module:class"
     "opt": "icp.models.opt:OPTAdapter",
     "llama": "icp.models.llama:LlamaAdapter",
+    "mistral": "icp.models.decoder:MistralAdapter",
+    "qwen2": "icp.models.decoder:Qwen2Adapter",
+    "qwen3": "icp.models.decoder:Qwen3Adapter",
+    "gemma2": "icp.models.decoder:Gemma2Adapter",
+    "gemma3_text": "icp.models.decoder:Gemma3TextAdapter",
+    "phi3": "icp.models.decoder:Phi3Adapter",
     "sam_vit": "icp.models.sam:SamAdapter",  # segment-anything's ViT image encoder
 }
 
@@ -24,4 +30,12 @@ def adapter_for(model_type: str) -> FamilyAdapter:
     return getattr(import_module(module), name)()
 
 
-__all__ = ["ADAPTERS", "ROLES", "FamilyAdapter", "adapter_for"]
+def attention_implementation(model_type: str | None) -> str:
+    """The attention kernel a family's blocks run with: SDPA, unless the adapter needs another
+    (Gemma-2's soft-capped attention logits: eager)."""
+    if model_type not in ADAPTERS:
+        return "sdpa"
+    return getattr(adapter_for(model_type), "attn_implementation", "sdpa")
+
+
+__all__ = ["ADAPTERS", "ROLES", "FamilyAdapter", "adapter_for", "attention_implementation"]

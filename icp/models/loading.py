@@ -126,6 +126,11 @@ def load_model(source: str, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(
         src.location, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra
     )
+    from . import attention_implementation
+
+    wanted = attention_implementation(model.config.model_type)
+    if wanted != "sdpa":
+        model.set_attn_implementation(wanted)
     model.eval()
     return model, tokenizer
 
@@ -135,8 +140,10 @@ def load_config(checkpoint_dir: str | Path) -> PretrainedConfig | SamConfig:
         return SamConfig.from_json(json.loads((Path(checkpoint_dir) / "config.json").read_text()))
     from transformers import AutoConfig
 
+    from . import attention_implementation
+
     config = AutoConfig.from_pretrained(str(checkpoint_dir))
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = attention_implementation(config.model_type)
     return config
 
 

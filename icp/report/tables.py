@@ -26,7 +26,10 @@ TITLES = {
     "table4": "Table 4. Perplexity under N:M sparsity, alone and with weight quantization",
     "table5": "Table 5. Zero-shot accuracy (%) under N:M sparsity, alone and with weight quantization",
     "table6": "Table 6. SAM single-point IoU under N:M sparsity, alone and with weight quantization",
+    "ic_perplexity": "Input compensation (IC paper, Table 3). Perplexity with and without IC",
+    "ic_zeroshot": "Input compensation (IC paper, Table 4). Zero-shot accuracy (%) with and without IC",
 }
+TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "ic_perplexity", "ic_zeroshot")
 # the identity columns come from the `id` block every evaluation JSON carries (Experiment.identity)
 IDENTITY = ("model", "run", "method", "pattern", "sparsity", "wbits", "run_hash", "stages")
 COLUMNS = [*IDENTITY[:6], "evaluation", "dataset", "metric", "value", "stderr", "count", "tokens", "subset",
@@ -199,9 +202,9 @@ def _table_1_or_4(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
             grid = _grid(cf, [(None, members)], columns, False, False, ["Method"])
             dense_line = f"Dense: {dense[0]:.2f}" if dense is not None else ""
             blocks.append(f"{title} — perplexity on {config_label(config, 'corpora', corpus)}. {dense_line}\n\n{grid}")
-        else:
+        else:  # table4, and the IC table: one column per corpus
             columns = [(config_label(config, "corpora", c), {"dataset": c}) for c in t["corpora"]]
-            groups = _row_groups(t, by_sparsity=False, with_dense=t.get("dense", True))
+            groups = _row_groups(t, by_sparsity=key == "ic_perplexity", with_dense=t.get("dense", True))
             blocks.append(f"{title}\n\n" + _grid(mf, groups, columns, False, False, ["Setting", "Method"]))
     return blocks
 
@@ -215,8 +218,9 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
         tasks = [d for d in dict.fromkeys(mf["dataset"]) if d != "mean"]
         task_labels = config.get("zeroshot", {}).get("tasks", {})
         columns = [((task_labels.get(d) or {}).get("label", d), {"dataset": d}) for d in tasks] + [("Mean", {"dataset": "mean"})]
-        groups = _row_groups(t, by_sparsity=key == "table2", with_dense=t.get("dense", True))
-        header = ["Sparsity" if key == "table2" else "Setting", "Method"]
+        by_sparsity = key in ("table2", "ic_zeroshot")
+        groups = _row_groups(t, by_sparsity=by_sparsity, with_dense=t.get("dense", True))
+        header = ["Sparsity" if by_sparsity else "Setting", "Method"]
         blocks.append(f"**{config_label(config, 'models', model)}**\n\n" + _grid(mf, groups, columns, True, True, header))
     return blocks
 
@@ -313,8 +317,10 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
     parts = ["# Results\n", "Recomputed by this pipeline. Every number is also in `results/results.csv`, with its provenance.\n"]
     if config.get("notes"):
         parts.append(config["notes"].strip() + "\n")
-    for key in ("table1", "table2", "table3", "table4", "table5", "table6"):
+    for key in TABLE_ORDER:
         t = config["tables"].get(key)
+        if key.startswith("ic_") and not t and key not in config.get("table_notes", {}):
+            continue  # the second paper's tables appear only where a config asks for them
         parts.append(f"## {TITLES[key]}\n")
         if not t:
             reason = config.get("table_notes", {}).get(key, "not asked for by this config")
@@ -324,16 +330,16 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             parts.append(f"_{t['note'].strip()}_\n")
         # only the table's own runs: ablation runs share its method and sparsity but not its settings
         frame_t = frame[frame["run"].isin(table_runs(config, key))]
-        if key in ("table1", "table4"):
+        if key in ("table1", "table4", "ic_perplexity"):
             blocks = _table_1_or_4(frame_t, config, key)
-        elif key in ("table2", "table5"):
+        elif key in ("table2", "table5", "ic_zeroshot"):
             blocks = _table_2_or_5(frame_t, config, key)
         else:
             blocks = _table_3_or_6(frame_t, config, key)
         parts.extend(b + "\n" for b in blocks)
-        if key in ("table1", "table4"):
+        if key in ("table1", "table4", "ic_perplexity"):
             parts.append(_perplexity_note(frame_t, config))
-        if key in ("table2", "table5"):
+        if key in ("table2", "table5", "ic_zeroshot"):
             parts.append(_zeroshot_note(frame_t))
         if key in ("table3", "table6"):
             counts = frame_t[frame_t["evaluation"] == "iou"].groupby("dataset")["count"].max()
