@@ -99,6 +99,7 @@ def check_sparsegpt_fast_path() -> None:
 def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device"
     check_sparsegpt_fast_path()
+    check_sliding_window_families()
     root = Path(tempfile.mkdtemp())
     text = generated_text()
     for family in ("llama", "opt"):
@@ -143,6 +144,35 @@ def main() -> None:
                   f"measured sparsity {zeros / total:.4f}", flush=True)
     check_sam(root / "sam")
     print("all GPU checks passed")
+
+
+def check_sliding_window_families() -> None:
+    """Mistral (one window on every layer) and Gemma-3 (sliding and global layers, a rotary table
+    each): the block walk on CUDA, with the adapter's explicit window masks, equals the model's
+    own forward on CUDA, on sequences longer than the window."""
+    from transformers import AutoModelForCausalLM
+
+    from tiny import SEQLEN, tiny_family_config, write_tokenizer  # noqa: E402  (the tests' tiny configs)
+
+    tokenizer = write_tokenizer(Path(tempfile.mkdtemp()))
+    for family in ("mistral", "gemma3_text"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_family_config(family, len(tokenizer)),
+                                                 attn_implementation="sdpa").eval().to("cuda")
+        adapter = adapter_for(family)
+        ids = calibration_windows(tokenizer, [generated_text(2000)], 2, SEQLEN, 0).to("cuda")
+        hidden = block0_inputs(model, adapter, ids).to("cuda")  # captured inputs come back on the CPU
+        for index, block in enumerate(adapter.blocks(model)):
+            kwargs = adapter.block_kwargs(model.config, index, SEQLEN, torch.device("cuda"), torch.float32)
+            if adapter.sliding_window(model.config, index):
+                assert kwargs["attention_mask"] is not None, (family, index, "no explicit window mask on CUDA")
+            with torch.no_grad():
+                hidden = adapter.run_block(block, hidden, kwargs)
+        with torch.no_grad():
+            expected = model(ids, use_cache=False).logits
+            got = adapter.logits(model, hidden)
+        assert torch.allclose(got, expected, rtol=1e-3, atol=1e-3), (family, float((got - expected).abs().max()))
+        print(f"ok: {family} block walk on CUDA = the model's forward (sliding window {model.config.sliding_window})")
 
 
 def check_sam(root: Path) -> None:

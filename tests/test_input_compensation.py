@@ -131,3 +131,21 @@ def test_bad_settings_are_named():
         stage_settings("ic", {"ranks": 4})
     with pytest.raises(ValueError, match="'epochs' must be a whole number"):
         stage_settings("ic", {"epochs": 1.5})
+
+
+def test_the_api_compensates_a_pruned_model_in_place(pruned_and_dense):
+    import icp
+
+    _, _, dense, pruned, _, calib, evals = pruned_and_dense
+    model = type(pruned)(copy.deepcopy(pruned.config))
+    model.load_state_dict(pruned.state_dict())
+    model.eval()
+    before = model.get_input_embeddings().weight.detach().clone()
+    record = icp.input_compensation(model, dense, calib, device="cpu",
+                                    settings={"rank": 4, "epochs": 2, "lr": 1e-3, "init_std": 1e-3})
+    assert len(record["epoch_loss"]) == 2 and record["pool"].key.shape == (32, 4)
+    assert not torch.equal(model.get_input_embeddings().weight, before)  # folded
+    with pytest.raises(ValueError, match="settings: input compensation 'rank' must be at least 1"):
+        icp.input_compensation(model, dense, calib, device="cpu", settings={"rank": 0})
+    with pytest.raises(ValueError, match="do not match the calibration windows"):
+        icp.input_compensation(model, torch.zeros(2, 3, 32), calib, device="cpu")

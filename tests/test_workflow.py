@@ -31,7 +31,7 @@ def test_tables_and_csv_agree(finished):
     assert "_Omitted" in md.split("Table 3.")[1].split("Table 4.")[0]
     # every pruned run of table 1 has a finite perplexity, and each number in the markdown comes from the CSV
     t1 = frame[(frame.model == "tiny-llama") & (frame.evaluation == "perplexity")]
-    assert set(t1.method) == {"dense", "magnitude", "wanda", "sparsegpt", "icp"}
+    assert set(t1.method) == {"dense", "magnitude", "wanda", "sparsegpt", "icp", "sparsegpt+ic"}
     assert all(math.isfinite(v) and v > 1 for v in t1.value)
     for value in t1.value:
         assert f"{value:.2f}" in md
@@ -118,6 +118,27 @@ def test_icp_setting_reruns_only_icp(finished):
     assert jobs.get("assemble_model") == icp_runs
     assert jobs.get("prune_step") == 2 * icp_runs
     assert "calibration_tokens" not in jobs and "block0_activations" not in jobs and "export_dense" not in jobs
+
+
+def test_input_compensation_stage_in_the_tables_and_its_own_reruns(finished):
+    """`sparsegpt+ic` is a row beside `sparsegpt`; changing IC's settings re-runs the stage and
+    its evaluation, never the pruning."""
+    root, config = finished
+    tables = (root / "results" / "tables.md").read_text()
+    ic_section = tables.split("Input compensation (IC paper, Table 3)")[1]
+    assert "| SparseGPT + IC |" in ic_section and "| SparseGPT |" in ic_section
+    frame = pd.read_csv(root / "results" / "results.csv")
+    staged = frame[frame["method"] == "sparsegpt+ic"]
+    assert len(staged) == 1 and staged["stages"].iloc[0] == "ic" and math.isfinite(staged["value"].iloc[0])
+    plain = frame[(frame["method"] == "sparsegpt") & (frame["sparsity"] == 0.5) & (frame["pattern"] == "unstructured")
+                  & (frame["evaluation"] == "perplexity")]
+    assert staged["run"].iloc[0].startswith(plain["run"].iloc[0] + "+ic-")
+    changed = copy.deepcopy(config)
+    changed["stages"]["ic"]["epochs"] = 3
+    write_config(root, changed, "changed.yaml")
+    jobs = planned_jobs(root, "changed.yaml")
+    assert jobs.get("input_compensation") == 1 and jobs.get("perplexity") == 1
+    assert not {"prune_step", "assemble_model", "dense_outputs"} & set(jobs)
 
 
 def test_eval_setting_reruns_only_evaluations(finished):
@@ -225,4 +246,5 @@ def test_shipped_configs_validate_and_expand(name):
     assert runs and len(runs) == len(set(runs))
     if name == "offline-gpu.yaml":  # 9 sparsities x 4 methods + 2 patterns x 3 bit-widths x 3 methods
         # + the sweeps' own runs: alpha 4, beta 4, epochs 4, lr 2, calibration 4 x 3 methods
-        assert len(runs) == 36 + 18 + 4 + 4 + 4 + 2 + 12
+        # + input compensation after each method at 50 and 70 %
+        assert len(runs) == 36 + 18 + 4 + 4 + 4 + 2 + 12 + 8

@@ -58,3 +58,45 @@ def write_tiny_model(directory: Path, family: str, blocks: int = 3, hidden: int 
     model = (LlamaForCausalLM if family == "llama" else OPTForCausalLM)(config)
     model.save_pretrained(directory)
     return directory
+
+
+WINDOW = 8  # sliding window of the tiny models: shorter than the test sequences
+SEQLEN = 24
+
+
+def tiny_family_config(family: str, vocab: int):
+    common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    if family == "mistral":
+        from transformers import MistralConfig
+
+        return MistralConfig(**common, head_dim=8, sliding_window=WINDOW)
+    if family == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(**common, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
+    if family == "qwen3":
+        from transformers import Qwen3Config
+
+        return Qwen3Config(**common, head_dim=8, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)
+    if family == "gemma2":
+        from transformers import Gemma2Config
+
+        return Gemma2Config(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=WINDOW,
+                            final_logit_softcapping=30.0, attn_logit_softcapping=50.0)
+    if family == "gemma3_text":
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(**common, head_dim=8, query_pre_attn_scalar=8, sliding_window=WINDOW,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    if family == "phi3":
+        from transformers import Phi3Config
+
+        return Phi3Config(**common, sliding_window=WINDOW, pad_token_id=0)
+    if family == "llama":  # Llama-3's rope scaling, through the Llama adapter
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**common, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                      "original_max_position_embeddings": 16})
+    raise ValueError(family)

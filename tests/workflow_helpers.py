@@ -56,7 +56,10 @@ def tiny_workflow(root: Path, blocks: int = 3) -> dict:
             "table4": {"models": ["tiny-opt"], "methods": ["sparsegpt", "icp"], "patterns": ["2:4"], "wbits": [16, 4],
                        "corpora": ["heldout"]},
             "table5": {"models": ["tiny-llama"], "methods": ["icp"], "patterns": ["2:4"]},
+            "ic_perplexity": {"models": ["tiny-llama"], "methods": ["sparsegpt", "sparsegpt+ic"], "sparsities": [0.5],
+                              "corpora": ["heldout"]},
         },
+        "stages": {"ic": {"rank": 4, "epochs": 2, "init_std": 0.001}},
     }
     write_config(root, config)
     return config

