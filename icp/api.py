@@ -40,6 +40,7 @@ class PruneReport:
     seconds: float
     peak_gpu_gib: float | None
     grids: dict[str, torch.Tensor] = field(default_factory=dict)  # quantized runs: "<layer>.scale" / ".zero"
+    blocks: list[dict[str, Any]] = field(default_factory=list)  # the engine's per-block records (pruning.json's)
 
     @property
     def sparsity(self) -> float:
@@ -226,6 +227,7 @@ def prune(
     pending = None
     layers: dict[str, dict[str, float]] = {}
     errors: list[float | None] = []
+    step_records: list[dict[str, Any]] = []
     grids: dict[str, torch.Tensor] = {}
     blocks = adapter.blocks(model)
     for index in range(runner.num_blocks):
@@ -237,11 +239,13 @@ def prune(
         for name, info in result.record["layers"].items():
             layers[f"{index}.{name}"] = info
         errors.append(result.record.get("output_rel_mse"))
+        step_records.append(result.record)
         if log:
             log(f"block {index + 1}/{runner.num_blocks} done in {result.record['seconds']:.1f}s")
     report = PruneReport(
         spec=spec.to_dict(), layers=layers, block_output_error=errors, seconds=time.perf_counter() - started,
         peak_gpu_gib=torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None, grids=grids,
+        blocks=step_records,
     )
     if save_to is not None:
         _save(model, tokenizer, report, Path(save_to))
@@ -253,6 +257,10 @@ def _save(model: nn.Module, tokenizer, report: PruneReport, out: Path) -> None:
 
     from safetensors.torch import save_file
 
+    from .checkpoint import GRIDS_FILE
+    from .provenance import versions
+    from .records import pruning_record
+
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(out)
@@ -261,9 +269,9 @@ def _save(model: nn.Module, tokenizer, report: PruneReport, out: Path) -> None:
     else:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
     if report.grids:
-        save_file({k: v.contiguous() for k, v in report.grids.items()}, str(out / "quant_grids.safetensors"))
-    record = {"spec": report.spec, "measured_sparsity": report.sparsity, "layers": report.layers,
-              "block_output_error": report.block_output_error, "prune_seconds": report.seconds}
+        save_file({k: v.contiguous() for k, v in report.grids.items()}, str(out / GRIDS_FILE))
+    record = pruning_record(report.spec, report.blocks, versions=versions())
+    record["quant_grids"] = GRIDS_FILE if report.grids else None
     (out / "pruning.json").write_text(json.dumps(record, indent=1))
 
 

@@ -168,20 +168,11 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
 def cmd_assemble(a: argparse.Namespace) -> None:
     from .checkpoint import assemble
     from .checks import verify_and_record
+    from .records import pruning_record
 
     records = [r for path in a.records for r in json.loads(Path(path).read_text())]
-    pruned = sum(l["sparsity"] * l["numel"] for r in records for l in r["layers"].values())
-    total = sum(l["numel"] for r in records for l in r["layers"].values())
-    record = {
-        "id": json.loads(a.identity) if a.identity else None,
-        "spec": json.loads(a.spec),
-        "measured_sparsity": pruned / total,
-        "prune_seconds": sum(r["seconds"] for r in records),
-        "peak_gpu_gib": max((r.get("peak_gpu_gib", 0.0) for r in records), default=0.0),
-        "device": records[0].get("device") if records else None,
-        "blocks": records,
-        "versions": provenance.versions(),
-    }
+    record = pruning_record(json.loads(a.spec), records, identity=json.loads(a.identity) if a.identity else None,
+                            versions=provenance.versions())
     assemble(a.model_dir, a.blocks, a.out_dir, record)
     checks = verify_and_record(a.out_dir)
     _log(f"assembled {a.out_dir}: measured sparsity {record['measured_sparsity']:.4f}; checks {checks}")
@@ -221,35 +212,14 @@ def cmd_zeroshot(a: argparse.Namespace) -> None:
 
 
 def cmd_inference_speed(a: argparse.Namespace) -> None:
-    from .evaluate.inference import measure, sparsify_linears, unsupported_reason
-    from .models import adapter_for
-    from .models.loading import load_model
+    from .evaluate.inference import time_two_four
 
     meta, settings = json.loads(a.meta), json.loads(a.settings)
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else a.device
-    reason = unsupported_reason(device)
-    result: dict = {"measured": False, "reason": reason}
-    if reason is None:
-        dense, _ = load_model(a.dense_dir, settings.get("dtype", "float16"))
-        sparse, _ = load_model(a.model_dir, settings.get("dtype", "float16"))
-        dense.to(device)
-        sparse.to(device)
-        adapter = adapter_for(sparse.config.model_type)
-        prunable = {id(linear) for block in adapter.blocks(sparse) for linear in adapter.prunable_linears(block).values()}
-        linears = {name: module for name, module in sparse.named_modules() if id(module) in prunable}
-        probe = torch.randint(0, sparse.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0)).to(device)
-        with torch.no_grad():
-            reference = sparse(probe).logits.float()
-            swapped = sparsify_linears(sparse, linears)
-            # the sparse kernels must compute what the 2:4 weights in dense form compute
-            drift = float((sparse(probe).logits.float() - reference).norm() / reference.norm())
-        _log(f"{len(swapped)} of {len(linears)} linears as semi-structured sparse tensors; logits rel. diff {drift:.2e}")
-        result = {**measure(dense, sparse, settings, device, log=_log), "linears": len(linears),
-                  "sparse_linears": len(swapped), "logits_rel_diff": drift}
-    else:
-        _log(f"2:4 inference not measured: {reason}")
+    result = time_two_four(a.dense_dir, a.model_dir, settings, device, log=_log)
     _write_json(a.out, {**meta, "metric": "inference", **result, "settings": settings,
-                        "versions": provenance.versions(), "machine": provenance.machine(device if reason is None else "cpu")})
+                        "versions": provenance.versions(),
+                        "machine": provenance.machine(device if result["measured"] else "cpu")})
 
 
 def cmd_sam_iou(a: argparse.Namespace) -> None:

@@ -47,12 +47,12 @@ def test_a_stage_names_its_own_run_and_never_renames_the_pruning_run(config):
     assert re.fullmatch(L.RUN_WITH_STAGES, staged.run) and re.fullmatch(L.RUN_NAME, plain.run)
     assert staged.method == "sparsegpt+ic" and staged.identity()["stages"] == ["ic"]
     changed = copy.deepcopy(config)
-    changed["stages"] = {"ic": {"epochs": 3}}
+    changed["stages"]["ic"]["epochs"] = 3
     again = X.experiment(changed, "smollm2-135m", "sparsegpt+ic", "unstructured", 0.7, 16)
     assert again.pruning_run == plain.run and again.run != staged.run  # the stage re-runs, the pruning does not
     # a how-not-what setting leaves the name alone
     neutral = copy.deepcopy(config)
-    neutral["stages"] = {"ic": {"checkpoint_blocks": False}}
+    neutral["stages"]["ic"]["checkpoint_blocks"] = False
     assert X.experiment(neutral, "smollm2-135m", "sparsegpt+ic", "unstructured", 0.7, 16).run == staged.run
 
 
@@ -94,3 +94,21 @@ def test_ic_tables_plan_plain_and_compensated_runs(config):
     targets = X.evaluation_targets(cfg)
     assert any("+ic-" in t and "/ppl-wiki-eval-" in t for t in targets)
     assert any(r.endswith("pruning.json") and "+ic-" in r for r in X.run_records(cfg))
+
+
+def test_the_api_and_the_workflow_write_one_pruning_record_schema(tmp_path):
+    import json
+
+    import icp
+    from icp.data.tokens import calibration_windows
+    from icp.models.loading import load_model
+    from icp.records import pruning_record
+    from tiny import generated_text, write_tiny_model
+
+    model, tok = load_model(str(write_tiny_model(tmp_path / "m", "llama", blocks=2, hidden=32)))
+    calib = calibration_windows(tok, [generated_text(2000)], 4, 16, 0)
+    icp.prune(model, calib, method="wanda", sparsity=0.5, device="cpu", save_to=tmp_path / "out")
+    record = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert set(record) == set(pruning_record({}, [])) | {"quant_grids"}
+    assert record["measured_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert [block["block"] for block in record["blocks"]] == [0, 1]

@@ -145,3 +145,32 @@ def measure(dense: nn.Module, sparse: nn.Module, settings: dict[str, Any], devic
             f"({row['speedup']:.2f}x)")
         rows.append(row)
     return {"measured": True, "rows": rows}
+
+
+def time_two_four(dense_dir: str, model_dir: str, settings: dict[str, Any], device: str, log=print) -> dict[str, Any]:
+    """The `inference:` evaluation of a saved 2:4 model: its prunable linears swapped for
+    semi-structured sparse tensors (checked to compute what their dense form computes), then timed
+    against the dense model (`measure`). Where the device cannot, says why instead."""
+    from ..models import adapter_for
+    from ..models.loading import load_model
+
+    reason = unsupported_reason(device)
+    if reason is not None:
+        log(f"2:4 inference not measured: {reason}")
+        return {"measured": False, "reason": reason}
+    dense, _ = load_model(dense_dir, settings.get("dtype", "float16"))
+    sparse, _ = load_model(model_dir, settings.get("dtype", "float16"))
+    dense.to(device)
+    sparse.to(device)
+    adapter = adapter_for(sparse.config.model_type)
+    prunable = {id(linear) for block in adapter.blocks(sparse) for linear in adapter.prunable_linears(block).values()}
+    linears = {name: module for name, module in sparse.named_modules() if id(module) in prunable}
+    probe = torch.randint(0, sparse.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        reference = sparse(probe).logits.float()
+        swapped = sparsify_linears(sparse, linears)
+        # the sparse kernels must compute what the 2:4 weights in dense form compute
+        drift = float((sparse(probe).logits.float() - reference).norm() / reference.norm())
+    log(f"{len(swapped)} of {len(linears)} linears as semi-structured sparse tensors; logits rel. diff {drift:.2e}")
+    return {**measure(dense, sparse, settings, device, log=log), "linears": len(linears),
+            "sparse_linears": len(swapped), "logits_rel_diff": drift}
