@@ -579,15 +579,17 @@ def check_model_sources(config: dict[str, Any]) -> None:
                 raise ValueError(f"models.{name}.source: unsupported model family {family!r}; supported: {sorted(ADAPTERS)}")
 
 
-def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None) -> None:
+def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | None = None,
+                   experiments: dict[tuple[str, str], Experiment] | None = None) -> None:
     """Every ICP run's compensation settings and alpha/beta sparsity map, before any job starts
-    (with the model's layer shapes where they are known; otherwise the part that needs none)."""
+    (with the model's layer shapes where they are known; otherwise the part that needs none).
+    `experiments`: the config's runs, when the caller has them already."""
     from .pattern import parse_pattern
     from .spec import Compensation
     from .schedule import rearranged_map
 
     shapes_cache: dict[str, Any] = {}
-    for exp in all_experiments(config).values():
+    for exp in (experiments or all_experiments(config)).values():
         spec = exp.spec
         if spec is None or spec.method != "icp":
             continue
@@ -684,10 +686,8 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
         if inf.get("method", "sparsegpt") not in known_methods or "+" in inf.get("method", ""):
             raise ValueError(f"inference.method: unknown method {inf['method']!r}; known: {sorted(known_methods)}")
     # build every run once, so a bad pattern or method setting fails before any job starts
-    for exp in all_experiments(config).values():
-        if exp.spec is not None:
-            exp.spec.as_pattern()
-    check_icp_runs(config, shapes_for)
+    experiments = all_experiments(config)
+    check_icp_runs(config, shapes_for, experiments)
 
 
 def run_records(config: dict[str, Any], root: str = layout.ROOT) -> list[str]:

@@ -243,9 +243,9 @@ def test_model_sources_on_disk_are_checked_before_any_export(tmp_path):
         X.check_config(config)
     qwen = tmp_path / "qwen"
     qwen.mkdir()
-    (qwen / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (qwen / "config.json").write_text(json.dumps({"model_type": "falcon"}))
     config["models"]["a"]["source"] = str(qwen)
-    with pytest.raises(ValueError, match="unsupported model family 'qwen2'; supported:"):
+    with pytest.raises(ValueError, match="unsupported model family 'falcon'; supported:"):
         X.check_config(config)
     from icp.models.loading import resolve_source
 

@@ -246,5 +246,5 @@ def test_shipped_configs_validate_and_expand(name):
     assert runs and len(runs) == len(set(runs))
     if name == "offline-gpu.yaml":  # 9 sparsities x 4 methods + 2 patterns x 3 bit-widths x 3 methods
         # + the sweeps' own runs: alpha 4, beta 4, epochs 4, lr 2, calibration 4 x 3 methods
-        # + input compensation after each method at 50 and 70 %
-        assert len(runs) == 36 + 18 + 4 + 4 + 4 + 2 + 12 + 8
+        # + input compensation after each method at 50 and 70 %; Gemma-3-270M: Tables 1/2 and 4/5 again
+        assert len(runs) == 36 + 18 + 4 + 4 + 4 + 2 + 12 + 8 + 36 + 18
