@@ -150,18 +150,9 @@ def cmd_prune_step(a: argparse.Namespace) -> None:
         torch.cuda.reset_peak_memory_stats()
     prune_group(a.model_dir, spec, range(a.first, a.last), a.carry_in, a.blocks, a.record, a.carry_out,
                 device=device, batch_size=a.batch_size, offload_streams=a.offload_streams, log=_log)
-    records = json.loads(Path(a.record).read_text())
-    where = provenance.machine(device)
-    for r in records:
-        r["device"] = where.get("gpu", f"CPU ({where['cpu_threads']} threads)")
-    if device.startswith("cuda"):
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        _log(f"peak accelerator memory {peak:.2f} GiB")
-        for r in records:
-            r["peak_gpu_gib"] = peak
-    _write_json(a.record, records)
     age = provenance.process_age()
     if age is not None:
+        records = json.loads(Path(a.record).read_text())
         _log(f"step done {age:.1f}s after the process started; engine time {sum(r['seconds'] for r in records):.1f}s")
 
 

@@ -103,6 +103,7 @@ def prune_group(
     started = time.perf_counter()
     records = files.commit()
     log(f"finished blocks on disk {time.perf_counter() - started:.1f}s after the last one")
+    _add_where_it_ran(records, device, log)
     Path(out_record).parent.mkdir(parents=True, exist_ok=True)
     Path(out_record).write_text(json.dumps(records, indent=1))
     final = blocks.stop >= runner.num_blocks
@@ -116,6 +117,22 @@ def prune_group(
 # the key of the dense block-0 inputs in their cache file (files written before it was named for
 # what it holds keep the stream's name, "error", and read the same)
 BLOCK0_KEY = "block0_inputs"
+
+
+def _add_where_it_ran(records: list[dict[str, Any]], device: str, log) -> None:
+    """Each block record gets the device it ran on and, on CUDA, the step's peak memory (the cost
+    table's columns): written here once, so no later job rewrites the record."""
+    from .provenance import machine
+
+    where = machine(device)
+    label = where.get("gpu", f"CPU ({where['cpu_threads']} threads)")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else None
+    if peak is not None:
+        log(f"peak accelerator memory {peak:.2f} GiB")
+    for record in records:
+        record["device"] = label
+        if peak is not None:
+            record["peak_gpu_gib"] = peak
 
 
 def read_window_state(path: str | Path, device: str, offload_streams: bool) -> dict[str, Any]:
