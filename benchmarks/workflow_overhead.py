@@ -107,7 +107,7 @@ def main() -> None:
     (work / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     from icp.experiments import all_experiments
-    from icp.runs import block_groups
+    from icp.layout import block_groups
 
     run = next(run for (model, run), exp in all_experiments(config).items() if exp.spec is not None)
     groups = range(len(block_groups(args.layers, engine["blocks_per_step"])))

@@ -12,7 +12,6 @@ import torch
 
 from .checkpoint import BlockFiles, atomic_torch_save, load_cached
 from .engine import BlockRunner, PrunePlan, Streams, cpu_state, place_stream, replay_step, run_step
-from .layout import block_groups, short_hash  # noqa: F401  (re-exported)
 from .models import adapter_for
 from .models.loading import CheckpointReader, load_config
 from .schedule import rearranged_map, uniform_map

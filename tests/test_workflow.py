@@ -218,7 +218,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
 
 def test_block_groups_and_neutral_options_in_run_hashes():
     from icp.experiments import all_experiments
-    from icp.runs import block_groups
+    from icp.layout import block_groups
 
     assert block_groups(30, "all") == [range(0, 30)]
     assert block_groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
