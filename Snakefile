@@ -26,6 +26,24 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Local runs: one preloaded process starts the jobs (icp/forkserver.py; ICP_FORKSERVER=off: none)
+FORKSERVER = []
+
+
+onstart:
+    FORKSERVER.append(start_forkserver())
+
+
+onsuccess:
+    for server in FORKSERVER:
+        stop_forkserver(server)
+
+
+onerror:
+    for server in FORKSERVER:
+        stop_forkserver(server)
+
+
 # Seconds of work on small files: on a cluster they run where Snakemake runs, not as jobs.
 localrules:
     all,

@@ -266,8 +266,11 @@ def _save(model: nn.Module, tokenizer, report: PruneReport, out: Path) -> None:
         model.save_pretrained(out)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
-    else:
+    else:  # a segment-anything Sam: the pipeline's own layout, which load_model reads back
+        from .models.sam import SamConfig
+
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(SamConfig.from_model(model).to_json(), indent=1))
     if report.grids:
         save_file({k: v.contiguous() for k, v in report.grids.items()}, str(out / GRIDS_FILE))
     record = pruning_record(report.spec, report.blocks, versions=versions())
@@ -324,7 +327,7 @@ def dense_outputs(model: nn.Module, calibration: torch.Tensor, device: str | Non
     from .provenance import resolve_device
 
     try:
-        return dense_targets(model, calibration, batch_size, resolve_device(device or "auto"))
+        return dense_targets(model, adapter_for(_family(model)[0]), calibration, batch_size, resolve_device(device or "auto"))
     finally:
         model.cpu()
 
@@ -343,17 +346,20 @@ def input_compensation(
     fold: bool = True,
     log=None,
 ) -> dict[str, Any]:
-    """Input compensation (IC) of a pruned language model, the workflow's `+ic` stage: a pool
-    trained (pruned weights frozen) so that its last hidden states match the dense model's, then,
-    with `fold`, folded into the input embeddings (untied from the head where tied), so the model
-    stays an ordinary checkpoint. Returns the training record (per-epoch losses, seconds).
+    """Input compensation (IC) of a pruned model, the workflow's `+ic` stage: a pool trained
+    (pruned weights frozen) so that its last hidden states match the dense model's, then, with
+    `fold`, folded into the input embeddings (untied from the head where tied), so the model stays
+    an ordinary checkpoint. Returns the training record (per-epoch losses, seconds).
+    For a segment-anything Sam (our adaptation): the pool corrects the patch embeddings, the target
+    is the dense encoder's image embedding, and with `fold` the pool is attached to the patch
+    embedding as `input_pool` (it cannot fold into weights); calibration: images [n, 3, H, W].
 
     dense: the dense model, or its last hidden states on `calibration` already ([n, seqlen, d],
         `dense_outputs`). calibration: token windows, texts or a corpus name, as for `prune`.
     settings: the fields of `icp.spec.InputCompensationSettings` (default: the IC paper's recipe,
         rank 32, 20 epochs at lr 1e-3 with warm-up, batch 1 with gradient accumulation 2).
     """
-    from .methods.input_compensation import fold_into_embeddings, train_input_compensation
+    from .methods.input_compensation import attach_input_pool, fold_into_embeddings, train_input_compensation
     from .provenance import resolve_device
     from .spec import stage_settings
 
@@ -366,7 +372,7 @@ def input_compensation(
     model_type, config = _family(pruned_model)
     adapter = adapter_for(model_type)
     if adapter.input_embeddings(pruned_model) is None:
-        raise ValueError(f"pruned_model: input compensation needs token embeddings; a {model_type} model has none")
+        raise ValueError(f"pruned_model: input compensation needs an input-embedding layer; a {model_type} model has none")
     tokens = _calibration_inputs(calibration, model_type, tokenizer, nsamples, seqlen, seed,
                                  getattr(config, "vocab_size", None))
     device = resolve_device(device or "auto")
@@ -376,12 +382,14 @@ def input_compensation(
         targets = dense_outputs(dense, tokens, device)
     else:
         raise ValueError(f"dense: the dense model or its last hidden states, got {type(dense).__name__}")
-    if targets.shape[:2] != tokens.shape:
-        raise ValueError(f"dense: targets {tuple(targets.shape)} do not match the calibration windows {tuple(tokens.shape)}")
+    if targets.shape[0] != tokens.shape[0] or (not tokens.is_floating_point() and targets.shape[:2] != tokens.shape):
+        raise ValueError(f"dense: targets {tuple(targets.shape)} do not match the calibration inputs {tuple(tokens.shape)}")
     pool, record = train_input_compensation(pruned_model, adapter, tokens, targets, parsed, device,
                                             log=log or (lambda s: None))
     pruned_model.cpu()
-    if fold:
+    if fold and adapter.folds_input_pool:
         fold_into_embeddings(pruned_model, adapter, pool)
+    elif fold:  # SAM: the pool stays a module on the patch embedding
+        attach_input_pool(adapter.input_embeddings(pruned_model), pool)
     record["pool"] = pool
     return record

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
+if __name__ == "__main__" and os.environ.get("ICP_FORKSERVER"):
+    # a local workflow run keeps a preloaded process (icp/forkserver.py): hand the job to it
+    # before importing torch; where it cannot take the job, the job runs here as usual
+    from .forkserver import run_via_server
 
-from . import provenance
+    _status = run_via_server(sys.argv[1:])
+    if _status is not None:
+        sys.exit(_status)
+
+import torch  # noqa: E402
+
+from . import provenance  # noqa: E402
 
 
 def _log(message: str) -> None:
@@ -96,15 +105,17 @@ def cmd_activations(a: argparse.Namespace) -> None:
 def cmd_dense_outputs(a: argparse.Namespace) -> None:
     from .checkpoint import atomic_torch_save, load_cached
     from .methods.input_compensation import dense_targets
-    from .models.loading import load_model
+    from .models import adapter_for
+    from .models.loading import load_model, saved_model_type
 
     device = provenance.resolve_device(a.device)
     model, _ = load_model(a.model_dir, a.dtype)
-    tokens = load_cached(a.tokens, "calibration_tokens")
+    adapter = adapter_for(saved_model_type(a.model_dir))
+    inputs = load_cached(a.inputs, "calibration_images" if adapter.model_type == "sam_vit" else "calibration_tokens")
     started = time.perf_counter()
-    hidden = dense_targets(model, tokens, a.batch_size, device)
-    atomic_torch_save({"tokens": tokens, "last_hidden": hidden.contiguous()}, Path(a.out))
-    _log(f"dense last hidden states {tuple(hidden.shape)} in {time.perf_counter() - started:.1f}s")
+    hidden = dense_targets(model, adapter, inputs, a.batch_size, device)
+    atomic_torch_save({"tokens": inputs, "last_hidden": hidden.contiguous()}, Path(a.out))
+    _log(f"dense final features {tuple(hidden.shape)} in {time.perf_counter() - started:.1f}s")
 
 
 def cmd_input_compensation(a: argparse.Namespace) -> None:
@@ -312,14 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("activations", help="dense inputs of block 0 on the calibration windows")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--tokens", required=True)
+    p.add_argument("--inputs", "--tokens", required=True, help="calibration windows (or SAM's calibration images)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_activations)
 
-    p = sub.add_parser("dense-outputs", help="the dense model's last hidden states on calibration windows (IC's targets)")
+    p = sub.add_parser("dense-outputs", help="the dense model's last hidden states (SAM: image embeddings) on the calibration inputs (IC's targets)")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--tokens", required=True)
+    p.add_argument("--inputs", "--tokens", required=True, help="calibration windows (or SAM's calibration images)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
@@ -362,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity of a saved model on cached windows")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--tokens", required=True)
+    p.add_argument("--inputs", "--tokens", required=True, help="calibration windows (or SAM's calibration images)")
     p.add_argument("--meta", default="{}")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")

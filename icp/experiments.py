@@ -24,8 +24,8 @@ from .spec import ICP_DEFAULTS, RunSpec, hashed_compensation, hashed_stage_setti
 LANGUAGE_TABLES = ("table1", "table2", "table4", "table5", "ic_perplexity", "ic_zeroshot")
 PERPLEXITY_TABLES = ("table1", "table4", "ic_perplexity")
 ZEROSHOT_TABLES = ("table2", "table5", "ic_zeroshot")
-SAM_TABLES = ("table3", "table6")
-SPARSITY_TABLES = ("table1", "table2", "table3", "ic_perplexity", "ic_zeroshot")  # rows by sparsity, not N:M
+SAM_TABLES = ("table3", "table6", "ic_sam")
+SPARSITY_TABLES = ("table1", "table2", "table3", "ic_perplexity", "ic_zeroshot", "ic_sam")  # rows by sparsity, not N:M
 
 
 @dataclass(frozen=True)
@@ -614,14 +614,10 @@ def check_icp_runs(config: dict[str, Any], shapes_for: Callable[[str], Any] | No
 
 
 def check_stage(config: dict[str, Any], stage: str, models: list[str], where: str) -> None:
-    """A post-pruning stage's settings (for every model that runs it) and whether the models have
-    what it needs (input compensation: token embeddings, so no SAM)."""
+    """A post-pruning stage's settings, for every model that runs it."""
     for model in models:
         if model not in config["models"]:
             continue  # named by the models check
-        if STAGES[stage].language_only and is_sam(config, model):
-            raise ValueError(f"{where}: stage {stage!r} needs a language model's input embeddings; "
-                             f"{model!r} is a SAM image encoder")
         settings = stage_config(config, stage, model)
         try:
             stage_settings(stage, settings)

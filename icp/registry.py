@@ -23,7 +23,6 @@ class MethodInfo:
 class StageInfo:
     name: str
     label: str
-    language_only: bool = False  # needs an input-embedding layer (no SAM)
 
 
 METHODS: dict[str, MethodInfo] = {
@@ -35,7 +34,7 @@ METHODS: dict[str, MethodInfo] = {
 LAYER_PRUNERS = tuple(name for name, info in METHODS.items() if info.layer_pruner)
 
 STAGES: dict[str, StageInfo] = {
-    "ic": StageInfo("ic", "IC", language_only=True),  # input compensation (icp.methods.input_compensation)
+    "ic": StageInfo("ic", "IC"),  # input compensation (icp.methods.input_compensation; SAM: our adaptation)
 }
 
 DENSE_LABEL = "Dense"

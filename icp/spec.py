@@ -138,8 +138,8 @@ class RunSpec:
 @dataclass(frozen=True)
 class InputCompensationSettings:
     """Input compensation (IC): a pool K (d x rank), V (rank x d) learned so that the pruned model
-    fed H + softmax(H K / sqrt(d)) V (H: its input embeddings) gives the dense model's last hidden
-    states. Defaults are the IC paper's LLM recipe where it states one (rank 32, N(0, 0.01^2)
+    fed H + softmax(H K / sqrt(d)) V (H: its input embeddings; SAM: its patch embeddings) gives the
+    dense model's last hidden states (SAM: image embedding). Defaults are the IC paper's LLM recipe where it states one (rank 32, N(0, 0.01^2)
     initialisation, AdamW at lr 1e-3 with linear warm-up, 20 epochs, batch 1 with gradient
     accumulation 2); the rest is ours (README: "Input compensation")."""
 

@@ -17,13 +17,12 @@ import torch
 from safetensors.torch import save_file
 
 from .checkpoint import load_cached
-from .methods.input_compensation import fold_into_embeddings, train_input_compensation
+from .methods.input_compensation import POOL_FILE, fold_into_embeddings, train_input_compensation
 from .models import adapter_for
-from .models.loading import load_model
+from .models.loading import load_model, saved_model_type
 from .spec import stage_settings
 
 RECORD = "pruning.json"
-POOL_FILE = "ic_pool.safetensors"
 REPLACED = ("model.safetensors", "model.safetensors.index.json", "config.json", RECORD)
 
 
@@ -45,11 +44,13 @@ def run_input_compensation(in_dir: str | Path, dense_outputs: str | Path, stage:
                            device: str = "cpu", dtype: str = "float32",
                            log: Callable[[str], None] = print) -> dict[str, Any]:
     """The IC stage of a run: train the pool on the cached dense targets, fold it into the
-    embeddings (untied from the head where they were tied) and save the compensated model."""
+    embeddings (untied from the head where they were tied) and save the compensated model. Where
+    the pool cannot fold (SAM), the run's weights are kept as they are and the pool is saved beside
+    them (POOL_FILE), which `load_sam` attaches."""
     started = time.perf_counter()
     settings = stage_settings("ic", stage["settings"])
     model, _ = load_model(str(in_dir), dtype)
-    adapter = adapter_for(model.config.model_type)
+    adapter = adapter_for(saved_model_type(in_dir))
     data = load_cached(dense_outputs, "dense_outputs")
     tokens, targets = data["tokens"], data["last_hidden"]
     log(f"input compensation of {stage['input_run']}: {tokens.shape[0]} x {tokens.shape[1]} tokens, "
@@ -59,10 +60,13 @@ def run_input_compensation(in_dir: str | Path, dense_outputs: str | Path, stage:
         torch.cuda.reset_peak_memory_stats()
     pool, record = train_input_compensation(model, adapter, tokens, targets, settings, device, progress, log)
     model.cpu()
-    fold_into_embeddings(model, adapter, pool)
-    save_model_dir(model, in_dir, out_dir)
-    save_file({"key": pool.key.detach().contiguous(), "value": pool.value.detach().contiguous()},
-              str(Path(out_dir) / POOL_FILE))
+    if adapter.folds_input_pool:
+        fold_into_embeddings(model, adapter, pool)
+        save_model_dir(model, in_dir, out_dir)
+    else:
+        shutil.copytree(in_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(RECORD))
+    record["folded"] = adapter.folds_input_pool
+    pool.save(Path(out_dir) / POOL_FILE)
     base = json.loads((Path(in_dir) / RECORD).read_text())
     entry = {"name": "ic", "settings": asdict(settings), "calibration": stage["calibration"],
              "input_run": stage["input_run"], "seconds": time.perf_counter() - started, **record}

@@ -10,8 +10,8 @@ import torch
 
 from icp.data.tokens import calibration_windows, evaluation_windows, tokenize_stream
 from icp.evaluate.perplexity import perplexity
-from icp.methods.input_compensation import (InputPool, dense_targets, fold_into_embeddings, last_hidden_states,
-                                            pool_applied, train_input_compensation)
+from icp.methods.input_compensation import (InputPool, dense_targets, fold_into_embeddings, pool_applied,
+                                            train_input_compensation)
 from icp.models import adapter_for
 from icp.models.loading import load_model
 from icp.spec import InputCompensationSettings, stage_settings
@@ -57,15 +57,15 @@ def test_folded_embeddings_give_the_logits_of_the_pool_applied_at_run_time(prune
 def test_training_lowers_the_hidden_state_error_and_resumes_bit_identically(pruned_and_dense, tmp_path):
     _, _, dense, pruned, _, calib, _ = pruned_and_dense
     adapter = adapter_for("llama")
-    targets = dense_targets(dense, calib)
+    targets = dense_targets(dense, adapter, calib)
     # the tiny model's embeddings are small (std 0.02): a pool of the paper's N(0, 0.01^2) would
     # start far from the identity, so the test starts it closer
     settings = InputCompensationSettings(rank=8, epochs=4, lr=1e-3, warmup=0.2, init_std=1e-3)
     with torch.no_grad():
-        before = float((last_hidden_states(pruned, calib) - targets).pow(2).mean())
+        before = float((adapter.final_features(pruned, calib) - targets).pow(2).mean())
     pool, record = train_input_compensation(pruned, adapter, calib, targets, settings, log=lambda s: None)
     with torch.no_grad(), pool_applied(adapter.input_embeddings(pruned), pool):
-        after = float((last_hidden_states(pruned, calib) - targets).pow(2).mean())
+        after = float((adapter.final_features(pruned, calib) - targets).pow(2).mean())
     assert len(record["epoch_loss"]) == 4 and record["steps_per_epoch"] == 4 and record["warmup_steps"] == 3
     assert after < 0.95 * before
     assert all(not p.requires_grad for p in pruned.parameters())  # the pruned weights stay frozen
@@ -97,7 +97,7 @@ def test_the_stage_job_writes_a_checkpoint_that_reloads_with_the_same_perplexity
     tok.save_pretrained(run_dir)
     (run_dir / "pruning.json").write_text(json.dumps({"spec": {"method": "magnitude"}, "blocks": []}))
     targets = tmp_path / "outputs.pt"
-    torch.save({"tokens": calib, "last_hidden": dense_targets(dense, calib)}, targets)
+    torch.save({"tokens": calib, "last_hidden": dense_targets(dense, adapter_for("llama"), calib)}, targets)
     stage = {"name": "ic", "settings": {"rank": 8, "epochs": 3, "lr": 1e-3, "init_std": 1e-3}, "calibration": "abc", "input_run": "run"}
     out = tmp_path / "run+ic"
     entry = run_input_compensation(run_dir, targets, stage, {"run": "run+ic-0123abcd"}, out, tmp_path / "progress",
@@ -147,5 +147,71 @@ def test_the_api_compensates_a_pruned_model_in_place(pruned_and_dense):
     assert not torch.equal(model.get_input_embeddings().weight, before)  # folded
     with pytest.raises(ValueError, match="settings: input compensation 'rank' must be at least 1"):
         icp.input_compensation(model, dense, calib, device="cpu", settings={"rank": 0})
-    with pytest.raises(ValueError, match="do not match the calibration windows"):
+    with pytest.raises(ValueError, match="do not match the calibration inputs"):
         icp.input_compensation(model, torch.zeros(2, 3, 32), calib, device="cpu")
+
+
+# ---- SAM: our adaptation (the pool on the patch embeddings, matched on the image embedding) ----
+
+@pytest.fixture(scope="module")
+def tiny_sams(tmp_path_factory):
+    """A tiny random SAM exported as a dense directory, a Wanda-pruned (70 %) twin saved as a run,
+    and calibration images."""
+    import icp
+    from icp.models.sam import export_sam
+    from tiny_sam import TINY_SAM_ARCH, write_tiny_sam
+
+    root = tmp_path_factory.mktemp("ic_sam")
+    export_sam(write_tiny_sam(root / "sam_vit_b_tiny.pth"), root / "dense", arch=TINY_SAM_ARCH)
+    dense, _ = load_model(str(root / "dense"))
+    pruned, _ = load_model(str(root / "dense"))
+    images = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    icp.prune(pruned, images, method="wanda", sparsity=0.7, device="cpu", save_to=root / "run")
+    return root, dense, pruned, images
+
+
+def test_sam_ic_trains_on_the_patch_embeddings_and_reloads_with_its_pool(tiny_sams, tmp_path):
+    from icp.stages import run_input_compensation
+
+    root, dense, pruned, images = tiny_sams
+    adapter = adapter_for("sam_vit")
+    targets = dense_targets(dense, adapter, images, batch_size=4)
+    assert targets.shape == (6, 32, 4, 4)  # the neck's image embedding
+    torch.save({"tokens": images, "last_hidden": targets}, tmp_path / "outputs.pt")
+    stage = {"name": "ic", "settings": {"rank": 4, "epochs": 6, "lr": 1e-2, "warmup": 0.0, "init_std": 1e-3},
+             "calibration": "abc", "input_run": "run"}
+    out = tmp_path / "run+ic"
+    entry = run_input_compensation(root / "run", tmp_path / "outputs.pt", stage, {"run": "run+ic-0123abcd"}, out,
+                                   tmp_path / "progress", log=lambda s: None)
+    assert entry["folded"] is False and entry["epoch_loss"][-1] < entry["epoch_loss"][0]
+    # the weights are the pruned run's, bit for bit; the pool sits beside them
+    from safetensors.torch import load_file
+
+    assert load_file(str(out / "model.safetensors")).keys() == load_file(str(root / "run" / "model.safetensors")).keys()
+    for name, value in load_file(str(out / "model.safetensors")).items():
+        assert torch.equal(value, load_file(str(root / "run" / "model.safetensors"))[name]), name
+    reloaded, _ = load_model(str(out))
+    pool = InputPool.from_file(out / "ic_pool.safetensors")
+    with torch.no_grad():
+        plain = adapter.final_features(pruned, images)
+        with pool_applied(adapter.input_embeddings(pruned), pool):
+            live = adapter.final_features(pruned, images)
+        got = adapter.final_features(reloaded, images)
+    torch.testing.assert_close(got, live, rtol=0, atol=0)  # the loader attaches the same pool
+    error = lambda x: float((x - targets).pow(2).mean())  # noqa: E731
+    assert error(got) < error(plain)  # and it brings the pruned encoder closer to the dense one
+    assert not torch.equal(got, plain)
+
+
+def test_the_api_compensates_a_pruned_sam_in_place(tiny_sams):
+    import icp
+    from icp.models.sam import load_sam
+
+    root, dense, _, images = tiny_sams
+    model = load_sam(root / "run")
+    record = icp.input_compensation(model, dense, images, device="cpu",
+                                    settings={"rank": 4, "epochs": 2, "lr": 1e-2, "init_std": 1e-3})
+    assert len(record["epoch_loss"]) == 2
+    assert torch.equal(model.image_encoder.patch_embed.input_pool.key, record["pool"].key)  # attached, not folded
+    with pytest.raises(ValueError, match="do not match the calibration inputs"):
+        icp.input_compensation(model, torch.zeros(2, 32, 4, 4), images, device="cpu")

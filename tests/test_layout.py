@@ -73,10 +73,14 @@ def test_bad_stage_settings_stop_at_the_dry_run(config):
     bad["stages"] = {"ic": {"rank": 0}}
     with pytest.raises(ValueError, match=r"stages.ic \(model 'smollm2-135m'\): input compensation 'rank' must be at least 1"):
         X.check_config(bad)
-    sam = copy.deepcopy(config)
+    sam = copy.deepcopy(config)  # SAM runs take IC too (on the patch embeddings), with checked settings
     sam["tables"]["table3"]["methods"] = ["wanda+ic"]
-    with pytest.raises(ValueError, match=r"tables.table3.methods: 'wanda\+ic': stage 'ic' needs a language model"):
+    sam["models"]["shapes-sam"]["stages"] = {"ic": {"accumulation": 0}}
+    with pytest.raises(ValueError, match=r"stages.ic \(model 'shapes-sam'\): input compensation needs epochs >= 0"):
         X.check_config(sam)
+    del sam["models"]["shapes-sam"]["stages"]
+    X.check_config(sam)
+    assert any("+ic-" in e.run for e in X.table_experiments(sam, "table3"))
     unknown = copy.deepcopy(config)
     unknown["tables"]["table1"]["methods"] = ["wanda+foo"]
     with pytest.raises(ValueError, match="unknown post-pruning stage 'foo'"):

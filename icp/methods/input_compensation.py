@@ -7,6 +7,12 @@ calibration windows (MSE). Because H depends only on the token id, the trained p
 the embedding table, E' = E + softmax(E K / sqrt(d)) V, and the compensated model is an ordinary
 checkpoint (`fold_into_embeddings`).
 
+The family adapter says which module's output is H (`input_embeddings`), its width and which
+features are matched (`final_features`). For SAM (our adaptation of the paper's image variant) H
+is the patch embedding and the target the dense encoder's image embedding; there the pool cannot
+fold (H depends on pixels) and stays a module attached to the patch embedding
+(`attach_input_pool`, saved as POOL_FILE beside the weights).
+
 Memory: the gradient flows back through every block to the input (weights frozen: no weight
 gradients, no optimizer state but the pool's). On CUDA each block is checkpointed, so only the
 block boundaries of one sample are kept; the dense targets stay in host memory and visit the
@@ -28,6 +34,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..spec import InputCompensationSettings
 
+POOL_FILE = "ic_pool.safetensors"  # a compensated run's pool, beside its weights
+
 
 class InputPool(nn.Module):
     """The compensation pool: Delta(H) = softmax(H K / sqrt(d)) V, computed in fp32."""
@@ -41,6 +49,20 @@ class InputPool(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         scores = hidden.float() @ self.key / math.sqrt(self.key.shape[0])
         return scores.softmax(dim=-1) @ self.value
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({"key": self.key.detach().contiguous(), "value": self.value.detach().contiguous()}, str(path))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "InputPool":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path))
+        pool = cls(*tensors["key"].shape)
+        pool.load_state_dict(tensors)
+        return pool.requires_grad_(False)
 
 
 def embedding_scale(embedding: nn.Module) -> float:
@@ -63,6 +85,17 @@ def pool_applied(embedding: nn.Module, pool: InputPool) -> Iterator[None]:
         handle.remove()
 
 
+def _add_own_pool(module: nn.Module, _args, output: torch.Tensor) -> torch.Tensor:
+    return output + module.input_pool(output).to(output.dtype)
+
+
+def attach_input_pool(embedding: nn.Module, pool: InputPool) -> None:
+    """For good: `embedding` keeps `pool` as its child `input_pool` (moved and cast with the
+    model) and adds Delta to its output (the unfoldable case, SAM)."""
+    embedding.input_pool = pool
+    embedding.register_forward_hook(_add_own_pool)
+
+
 @contextmanager
 def checkpointed(blocks: nn.ModuleList, enabled: bool) -> Iterator[None]:
     """Each block recomputes its activations in the backward pass instead of keeping them."""
@@ -79,17 +112,14 @@ def checkpointed(blocks: nn.ModuleList, enabled: bool) -> Iterator[None]:
             del block.forward  # back to the class's forward
 
 
-def last_hidden_states(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """The base model's last hidden states (after its final norm), [batch, seqlen, hidden]."""
-    return model.base_model(input_ids=tokens, use_cache=False).last_hidden_state
-
-
 @torch.no_grad()
-def dense_targets(model: nn.Module, tokens: torch.Tensor, batch_size: int = 4, device: str = "cpu") -> torch.Tensor:
-    """The dense model's last hidden states on every calibration window (kept on the CPU)."""
+def dense_targets(model: nn.Module, adapter: Any, inputs: torch.Tensor, batch_size: int = 4,
+                  device: str = "cpu") -> torch.Tensor:
+    """The dense model's final features (`adapter.final_features`: last hidden states, SAM's
+    image embeddings) on every calibration input, kept on the CPU."""
     model.to(device)
-    out = [last_hidden_states(model, tokens[i : i + batch_size].to(device)).cpu()
-           for i in range(0, tokens.shape[0], batch_size)]
+    out = [adapter.final_features(model, inputs[i : i + batch_size].to(device)).cpu()
+           for i in range(0, inputs.shape[0], batch_size)]
     return torch.cat(out)
 
 
@@ -108,17 +138,17 @@ def train_input_compensation(
     progress: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> tuple[InputPool, dict[str, Any]]:
-    """Train the pool of a pruned `model` (frozen) so that on `tokens` [n, T] its last hidden
-    states match `targets` [n, T, d]. With `progress` (a file path) the pool and optimizer are
+    """Train the pool of a pruned `model` (frozen) so that on `tokens` (token windows [n, T], or
+    SAM's images) its final features match `targets` ([n, T, d]: `dense_targets`). With `progress` (a file path) the pool and optimizer are
     saved after every epoch and a rerun resumes after the last finished epoch; the sample order of
     each epoch comes from (seed, epoch), so a resumed run repeats the same steps."""
     embedding = adapter.input_embeddings(model)
     if embedding is None:
-        raise ValueError(f"input compensation needs token embeddings; the {adapter.model_type} adapter has none")
+        raise ValueError(f"input compensation needs an input-embedding layer; the {adapter.model_type} adapter has none")
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    pool = InputPool(embedding.embedding_dim, settings.rank, settings.init_std, settings.seed).to(device)
+    pool = InputPool(adapter.input_width(model), settings.rank, settings.init_std, settings.seed).to(device)
     optimizer = torch.optim.AdamW(pool.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     samples = tokens.shape[0]
     steps_per_epoch = math.ceil(math.ceil(samples / settings.batch_size) / settings.accumulation)
@@ -146,7 +176,7 @@ def train_input_compensation(
                 x = tokens[index].to(device)
                 y = targets[index].to(device, non_blocking=True).float()
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    out = last_hidden_states(model, x)
+                    out = adapter.final_features(model, x)
                 loss = F.mse_loss(out.float(), y)
                 (loss / settings.accumulation).backward()
                 total += loss.detach()

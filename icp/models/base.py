@@ -52,9 +52,21 @@ class FamilyAdapter(ABC):
     def num_blocks(self, config: Any) -> int:
         return config.num_hidden_layers
 
-    def input_embeddings(self, model: nn.Module) -> nn.Embedding | None:
-        """The token-embedding layer input compensation corrects (None: the family has none)."""
+    # Input compensation (icp.methods.input_compensation): the module whose output the pool
+    # corrects, its width, and the features the compensated model must match.
+    folds_input_pool: ClassVar[bool] = True  # token inputs: the pool folds into the embedding table
+
+    def input_embeddings(self, model: nn.Module) -> nn.Module | None:
+        """The input-embedding layer input compensation corrects (None: the family has none)."""
         return model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+
+    def input_width(self, model: nn.Module) -> int:
+        return self.input_embeddings(model).embedding_dim
+
+    def final_features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """What input compensation matches to the dense model's: the base model's last hidden
+        states (after its final norm), [batch, seqlen, hidden]."""
+        return model.base_model(input_ids=inputs, use_cache=False).last_hidden_state
 
     # Optional helpers of block-wise evaluation (perplexity with one block at a time on the device)
 

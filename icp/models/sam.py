@@ -66,8 +66,8 @@ class SamConfig:
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "SamConfig":
-        """The encoder's shape, read off a segment-anything `Sam` in memory (decoder fields: defaults)."""
-        encoder = model.image_encoder
+        """The whole model's shape, read off a segment-anything `Sam` in memory."""
+        encoder, decoder = model.image_encoder, model.mask_decoder
         blocks = list(encoder.blocks)
         embed_dim = encoder.patch_embed.proj.out_channels
         windows = [block.window_size for block in blocks]
@@ -76,6 +76,10 @@ class SamConfig:
             global_attn_indexes=[i for i, w in enumerate(windows) if w == 0], image_size=encoder.img_size,
             patch_size=encoder.patch_embed.proj.kernel_size[0], window_size=max(windows),
             mlp_ratio=blocks[0].mlp.lin1.out_features / embed_dim,
+            prompt_embed_dim=model.prompt_encoder.embed_dim,
+            decoder_mlp_dim=decoder.transformer.layers[0].mlp.lin1.out_features,
+            decoder_heads=decoder.transformer.layers[0].self_attn.num_heads,
+            iou_head_hidden_dim=decoder.iou_prediction_head.layers[0].out_features,
         )
 
     @property
@@ -203,6 +207,10 @@ def load_sam(model_dir: str | Path, dtype: torch.dtype = torch.float32) -> nn.Mo
     config = SamConfig.from_json(json.loads((model_dir / "config.json").read_text()))
     model = build_sam(config)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
+    from ..methods.input_compensation import POOL_FILE, InputPool, attach_input_pool
+
+    if (model_dir / POOL_FILE).is_file():  # an input-compensated run: the pool runs on the patch embeddings
+        attach_input_pool(SamAdapter().input_embeddings(model), InputPool.from_file(model_dir / POOL_FILE))
     return model.to(dtype).eval()
 
 
@@ -238,5 +246,18 @@ class SamAdapter(FamilyAdapter):
     def call_model(self, model: nn.Module, inputs: torch.Tensor) -> None:
         model.image_encoder(inputs)
 
-    def input_embeddings(self, model: nn.Module) -> None:
-        return None  # an image encoder: no token embeddings for input compensation
+    # Input compensation, our adaptation of the IC paper's image variant: the pool corrects the
+    # patch embeddings ([batch, h, w, C], before the position embedding is added) and the target is
+    # the dense encoder's image embedding (the neck's output). A patch embedding depends on the
+    # pixels, not on a token id, so the pool cannot fold into a table: it stays a module of its own
+    # (ic_pool.safetensors beside the weights), attached by `load_sam`.
+    folds_input_pool = False
+
+    def input_embeddings(self, model: nn.Module) -> nn.Module:
+        return model.image_encoder.patch_embed
+
+    def input_width(self, model: nn.Module) -> int:
+        return model.image_encoder.patch_embed.proj.out_channels
+
+    def final_features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        return model.image_encoder(inputs)

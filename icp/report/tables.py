@@ -28,8 +28,9 @@ TITLES = {
     "table6": "Table 6. SAM single-point IoU under N:M sparsity, alone and with weight quantization",
     "ic_perplexity": "Input compensation (IC paper, Table 3). Perplexity with and without IC",
     "ic_zeroshot": "Input compensation (IC paper, Table 4). Zero-shot accuracy (%) with and without IC",
+    "ic_sam": "Input compensation on SAM (ours: the pool on the patch embeddings). Single-point IoU with and without IC",
 }
-TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "ic_perplexity", "ic_zeroshot")
+TABLE_ORDER = ("table1", "table2", "table3", "table4", "table5", "table6", "ic_perplexity", "ic_zeroshot", "ic_sam")
 # the identity columns come from the `id` block every evaluation JSON carries (Experiment.identity)
 IDENTITY = ("model", "run", "method", "pattern", "sparsity", "wbits", "run_hash", "stages")
 COLUMNS = [*IDENTITY[:6], "evaluation", "dataset", "metric", "value", "stderr", "count", "tokens", "subset",
@@ -226,13 +227,14 @@ def _table_2_or_5(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
 
 
 def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list[str]:
-    """Rows: methods grouped by sparsity (3) or setting (6); columns: each model on each image set."""
+    """Rows: methods grouped by sparsity (3, IC on SAM) or setting (6); columns: each model on each image set."""
     t = config["tables"][key]
     iou = frame[frame["evaluation"] == "iou"]
     columns = [(f"{config_label(config, 'models', m)} {config_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
                for m in t["models"] for d in t["datasets"]]
-    groups = _row_groups(t, by_sparsity=key == "table3", with_dense=t.get("dense", True))
-    header = ["Sparsity" if key == "table3" else "Setting", "Method"]
+    by_sparsity = key in ("table3", "ic_sam")
+    groups = _row_groups(t, by_sparsity=by_sparsity, with_dense=t.get("dense", True))
+    header = ["Sparsity" if by_sparsity else "Setting", "Method"]
     return ["Single-point mIoU (%).\n\n" + _grid(iou, groups, columns, True, True, header)]
 
 
@@ -341,7 +343,7 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             parts.append(_perplexity_note(frame_t, config))
         if key in ("table2", "table5", "ic_zeroshot"):
             parts.append(_zeroshot_note(frame_t))
-        if key in ("table3", "table6"):
+        if key in ("table3", "table6", "ic_sam"):
             counts = frame_t[frame_t["evaluation"] == "iou"].groupby("dataset")["count"].max()
             if not counts.empty:
                 sizes = ", ".join(f"{config_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())

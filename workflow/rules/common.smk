@@ -35,6 +35,30 @@ os.environ.update(ICP_TORCH_THREADS=str(torch_threads()), ICP_JOBS_PER_GPU=str(J
 ICP_CLI = f"{sys.executable} -m icp.cli"
 
 
+def start_forkserver():
+    """A local run keeps one preloaded process that starts every job by forking (icp/forkserver.py):
+    each job is spared importing torch, transformers and lm-eval anew. Not on a cluster executor
+    (its jobs run elsewhere), nor with ICP_FORKSERVER=off; a job that finds no server runs as usual."""
+    import subprocess
+    import tempfile
+
+    if not workflow.is_main_process or not workflow.local_exec or os.environ.get("ICP_FORKSERVER") == "off":
+        return None
+    path = os.path.join(tempfile.gettempdir(), f"icp-fork-{os.getpid()}.sock")
+    log_path = L.global_log("forkserver")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "icp.forkserver", "--socket", path, "--parent", str(os.getpid())],
+                                  stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    os.environ["ICP_FORKSERVER"] = path
+    return server
+
+
+def stop_forkserver(server):
+    if server is not None and server.poll() is None:
+        server.terminate()
+
+
 wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
     run=L.RUN_WITH_STAGES,

@@ -6,7 +6,7 @@
 rule dense_outputs:
     input:
         dense=rules.export_dense.output.weights,
-        tokens=lambda wc: L.path("calibration_tokens", model=wc.model, key=wc.key),
+        inputs=lambda wc: X.calibration_path(config, wc.model, wc.key),  # token windows, or SAM's images
     output:
         L.pattern("dense_outputs"),
     params:
@@ -23,7 +23,7 @@ rule dense_outputs:
     resources:
         gpu=1 if uses_gpu() else 0,
     shell:
-        "{params.icp} dense-outputs --model-dir {params.dense} --tokens {input.tokens} --dtype {params.dtype} "
+        "{params.icp} dense-outputs --model-dir {params.dense} --inputs {input.inputs} --dtype {params.dtype} "
         "--device {params.device} --out {output} > {log} 2>&1"
 
 
