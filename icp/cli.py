@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("activations", help="dense inputs of block 0 on the calibration windows")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--inputs", "--tokens", required=True, help="calibration windows (or SAM's calibration images)")
+    p.add_argument("--tokens", required=True)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_activations)
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("perplexity", help="perplexity of a saved model on cached windows")
     p.add_argument("--model-dir", required=True)
-    p.add_argument("--inputs", "--tokens", required=True, help="calibration windows (or SAM's calibration images)")
+    p.add_argument("--tokens", required=True)
     p.add_argument("--meta", default="{}")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
