@@ -106,12 +106,13 @@ def cmd_dense_outputs(a: argparse.Namespace) -> None:
     from .checkpoint import atomic_torch_save, load_cached
     from .methods.input_compensation import dense_targets
     from .models import adapter_for
-    from .models.loading import load_model, saved_model_type
+    from .models.loading import SAM_MODEL_TYPE, load_model, saved_model_type
 
     device = provenance.resolve_device(a.device)
     model, _ = load_model(a.model_dir, a.dtype)
-    adapter = adapter_for(saved_model_type(a.model_dir))
-    inputs = load_cached(a.inputs, "calibration_images" if adapter.model_type == "sam_vit" else "calibration_tokens")
+    model_type = saved_model_type(a.model_dir)
+    adapter = adapter_for(model_type)
+    inputs = load_cached(a.inputs, "calibration_images" if model_type == SAM_MODEL_TYPE else "calibration_tokens")
     started = time.perf_counter()
     hidden = dense_targets(model, adapter, inputs, a.batch_size, device)
     atomic_torch_save({"tokens": inputs, "last_hidden": hidden.contiguous()}, Path(a.out))

@@ -1,8 +1,8 @@
 """A preloaded process that starts the workflow's jobs by forking: local runs only.
 
-Each job of a local run would otherwise start Python and import torch, transformers, lm-eval and
+Each job of a local run would otherwise start Python and import torch, transformers and
 segment-anything afresh: 3 to 10 s of a 2-core machine per job, for some 140 jobs in the embedded
-default. The server imports them once; for every job it forks a child that takes the job's
+default. The server imports them once (`PRELOAD`); for every job it forks a child that takes the job's
 arguments, working directory, environment and standard streams, runs `icp.cli.main` and exits
 with its status. Nothing is computed in the server itself (no CUDA, no OpenMP pool, one thread),
 so each child starts as a fresh process would after its imports; what a job computes does not
@@ -122,7 +122,10 @@ def _supervise(conn: socket.socket, request: dict, fds: list[int]) -> None:
 
 def serve(path: str, parent: int | None = None) -> None:
     """Accept jobs on the Unix socket `path` until `parent` (the Snakemake process) is gone."""
-    preload()
+    started = time.perf_counter()
+    loaded = preload()
+    print(f"preloaded {len(loaded)}/{len(PRELOAD)} modules in {time.perf_counter() - started:.1f}s; "
+          f"not importable: {sorted(set(PRELOAD) - set(loaded)) or 'none'}", flush=True)
     import torch
 
     if os.path.exists(path):

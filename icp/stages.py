@@ -53,7 +53,7 @@ def run_input_compensation(in_dir: str | Path, dense_outputs: str | Path, stage:
     adapter = adapter_for(saved_model_type(in_dir))
     data = load_cached(dense_outputs, "dense_outputs")
     tokens, targets = data["tokens"], data["last_hidden"]
-    log(f"input compensation of {stage['input_run']}: {tokens.shape[0]} x {tokens.shape[1]} tokens, "
+    log(f"input compensation of {stage['input_run']}: calibration inputs {tuple(tokens.shape)}, "
         f"rank {settings.rank}, {settings.epochs} epochs on {device}")
     Path(progress).parent.mkdir(parents=True, exist_ok=True)
     if torch.device(device).type == "cuda":

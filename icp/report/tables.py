@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..experiments import table_runs
+from ..experiments import SAM_TABLES, SPARSITY_TABLES, table_runs
 from .format import label as config_label, markdown, method_label, ordered_methods
 
 TITLES = {
@@ -232,7 +232,7 @@ def _table_3_or_6(frame: pd.DataFrame, config: dict[str, Any], key: str) -> list
     iou = frame[frame["evaluation"] == "iou"]
     columns = [(f"{config_label(config, 'models', m)} {config_label(config, 'image_sets', d)}", {"model": m, "dataset": d})
                for m in t["models"] for d in t["datasets"]]
-    by_sparsity = key in ("table3", "ic_sam")
+    by_sparsity = key in SPARSITY_TABLES
     groups = _row_groups(t, by_sparsity=by_sparsity, with_dense=t.get("dense", True))
     header = ["Sparsity" if by_sparsity else "Setting", "Method"]
     return ["Single-point mIoU (%).\n\n" + _grid(iou, groups, columns, True, True, header)]
@@ -343,7 +343,7 @@ def render_tables(frame: pd.DataFrame, config: dict[str, Any], plots: list[str] 
             parts.append(_perplexity_note(frame_t, config))
         if key in ("table2", "table5", "ic_zeroshot"):
             parts.append(_zeroshot_note(frame_t))
-        if key in ("table3", "table6", "ic_sam"):
+        if key in SAM_TABLES:
             counts = frame_t[frame_t["evaluation"] == "iou"].groupby("dataset")["count"].max()
             if not counts.empty:
                 sizes = ", ".join(f"{config_label(config, 'image_sets', d)}: {int(c)}" for d, c in counts.items())

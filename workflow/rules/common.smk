@@ -37,7 +37,7 @@ ICP_CLI = f"{sys.executable} -m icp.cli"
 
 def start_forkserver():
     """A local run keeps one preloaded process that starts every job by forking (icp/forkserver.py):
-    each job is spared importing torch, transformers and lm-eval anew. Not on a cluster executor
+    each job is spared importing torch, transformers and segment-anything anew. Not on a cluster executor
     (its jobs run elsewhere), nor with ICP_FORKSERVER=off; a job that finds no server runs as usual."""
     import subprocess
     import tempfile
