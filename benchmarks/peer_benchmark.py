@@ -5,7 +5,7 @@
 
 Each case runs in its own process (so that peak host memory, `ru_maxrss`, is the case's own):
 the model is built from its shape's config with `--blocks` decoder blocks and weights drawn with
-seed 0 (fp16, on the CPU), the calibration tokens are drawn with seed 1; both tools get the
+seed 0 (fp16, drawn on the GPU where there is one, then moved to the CPU), the calibration tokens are drawn with seed 1; both tools get the
 same model and the same [nsamples, seqlen] token tensor. Cases:
 
 - ours, streams on the GPU (`icp.prune`, the default) and streams in host memory
@@ -48,18 +48,21 @@ SHAPES = {
 CASES = ["ours", "ours-offload", "llm-compressor"]
 
 
-def build_model(shape: str, blocks: int):
+def build_model(shape: str, blocks: int, device: str):
+    """The shape's model with random weights, drawn on `device` (a 7B shape's draw takes minutes
+    on the CPU) and handed back on the CPU, where both tools expect it."""
     from transformers import AutoModelForCausalLM, LlamaConfig, OPTConfig
 
     family, fields = SHAPES[shape]
     config = (OPTConfig if family == "opt" else LlamaConfig)(num_hidden_layers=blocks, **fields)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
-    for p in model.parameters():  # random weights of the trained models' scale
-        if p.dim() == 2:
-            p.data.normal_(0, 0.02)
-    return model.eval()
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+        for p in model.parameters():  # random weights of the trained models' scale
+            if p.dim() == 2:
+                p.data.normal_(0, 0.02)
+    return model.to("cpu").eval()
 
 
 def sparsity_of(model) -> float:
@@ -122,7 +125,7 @@ def one_case(args) -> dict:
     row = {"case": args.case, "model": args.models[0], "method": args.methods[0], "blocks": args.blocks,
            "nsamples": args.nsamples, "seqlen": args.seqlen, "sparsity": args.sparsity}
     started = time.perf_counter()
-    model = build_model(args.models[0], args.blocks)
+    model = build_model(args.models[0], args.blocks, device)
     torch.manual_seed(1)
     tokens = torch.randint(0, model.config.vocab_size, (args.nsamples, args.seqlen))
     torch.manual_seed(2)

@@ -1,0 +1,136 @@
+"""Where one block's time goes on the GPU: the profiler over a few pruning steps of a 7B-shaped model.
+
+    python benchmarks/profile_block.py --models opt-6.7b --methods sparsegpt icp --blocks 2
+
+The same setup as `prune_benchmark.py` (random blocks drawn on the GPU, 128 x 2048 calibration
+tokens, one warm-up step), then `--blocks` steps under `torch.profiler`. Reported per method:
+wall time per block; the GPU's busy time (the union of its kernel and copy intervals, so
+overlapping streams are not counted twice) and what is left, the host gaps; kernel time by kind
+(GEMM, attention, factorisation and triangular solves, the Triton sweep, copies, the rest); the
+20 costliest kernels. Writes profile_block_<gpu>.json (and the profiler's own table as .txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from icp.engine import BlockRunner, Streams, run_step
+from icp.models import adapter_for
+from icp.runs import RunSpec, make_plan
+from prune_benchmark import SHAPES, RandomBlocks, stream_shape
+
+KINDS = (  # first match wins; names as cuBLAS / cuSOLVER / PyTorch / Triton give them
+    ("copy", ("memcpy", "memset")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
+    ("factorisation", ("potrf", "trsm", "trsv", "syrk", "cusolver", "getrf", "cholesky", "potri", "trtri")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "sm90_", "sm80_", "ampere_", "hopper")),
+    ("triton", ("triton",)),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, needles in KINDS:
+        if any(n in low for n in needles):
+            return kind
+    return "other"
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (microseconds in, seconds out)."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total / 1e6
+
+
+def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str) -> dict:
+    config = SHAPES[name]
+    config._attn_implementation = "sdpa"
+    adapter = adapter_for(config.model_type)
+    dtype = torch.float16
+    reader = RandomBlocks(adapter, config, dtype)
+    runner = BlockRunner(adapter, config, reader, "cuda", dtype, seqlen, batch_size=8)
+    spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0,
+                   compensation={"epochs": 1, "lr": 1e-5, "batch_size": 8} if method == "icp" else {},
+                   track_error=False)
+    plan = make_plan(spec, runner)
+    reader.prepare(range(blocks + 2))
+    torch.manual_seed(0)
+    x0 = torch.randn(stream_shape(config, nsamples, seqlen), dtype=dtype, device="cuda")
+    streams, pending = Streams(x0, x0 if plan.compensation else None), None
+    result = run_step(runner, 0, streams, pending, plan)  # warm-up: kernel compilation, library handles
+    streams, pending = result.streams, result.pending
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        for index in range(1, blocks + 1):
+            result = run_step(runner, index, streams, pending, plan)
+            streams, pending = result.streams, result.pending
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_kind: dict[str, float] = {}
+    by_kernel: dict[str, list[float]] = {}
+    intervals = []
+    for e in events:
+        start, length = e.time_range.start, e.time_range.elapsed_us()
+        intervals.append((start, start + length))
+        by_kind[kind_of(e.name)] = by_kind.get(kind_of(e.name), 0.0) + length / 1e6
+        entry = by_kernel.setdefault(e.name, [0.0, 0])
+        entry[0] += length / 1e6
+        entry[1] += 1
+    busy = busy_seconds(intervals)
+    top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:20]
+    (out / f"profile_block_{slug}_{name}_{method}.txt").write_text(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+    return {
+        "model": name, "method": method, "blocks_profiled": blocks, "nsamples": nsamples, "seqlen": seqlen,
+        "wall_per_block_s": wall / blocks, "gpu_busy_per_block_s": busy / blocks,
+        "host_gap_per_block_s": (wall - busy) / blocks,
+        "kernel_seconds_per_block_by_kind": {k: v / blocks for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top_kernels": [{"name": n[:160], "kind": kind_of(n), "seconds_per_block": s / blocks, "calls_per_block": c / blocks}
+                        for n, (s, c) in top],
+        "note": "profiler overhead included in the wall time; kernel times by kind may overlap across streams",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["opt-6.7b"])
+    parser.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda", "icp"])
+    parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=2048)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name(0)
+    slug = gpu.lower().replace("nvidia", "").split()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"profile_block_{slug}.json"
+    rows = []
+    for name in args.models:
+        for method in args.methods:
+            row = profile_method(name, method, args.blocks, args.nsamples, args.seqlen, args.out, slug)
+            rows.append(row)
+            kinds = ", ".join(f"{k} {v:.2f}" for k, v in row["kernel_seconds_per_block_by_kind"].items())
+            print(f"{name} {method}: {row['wall_per_block_s']:.2f} s/block, GPU busy {row['gpu_busy_per_block_s']:.2f}, "
+                  f"gaps {row['host_gap_per_block_s']:.2f}; {kinds}", flush=True)
+            path.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
+            torch.cuda.empty_cache()
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
