@@ -297,13 +297,15 @@ def perplexity(model: nn.Module, data: Any, tokenizer=None, seqlen: int = 2048, 
 
 
 def zero_shot(model: nn.Module, tokenizer, tasks: dict[str, dict[str, Any]] | list[str], limit: int | None = None,
-              batch_size: int = 8, device: str | None = None, task_dir: str | None = None) -> dict[str, Any]:
-    """Zero-shot accuracy through lm-eval on a model object: per task {metric, value, stderr, n} and the mean."""
+              batch_size: int = 8, device: str | None = None, task_dir: str | None = None,
+              shared_context: bool = False) -> dict[str, Any]:
+    """Zero-shot accuracy through lm-eval on a model object: per task {metric, value, stderr, n} and the mean.
+    `shared_context` scores each multiple-choice context once (`icp.evaluate.shared_context`)."""
     from .evaluate.zeroshot import evaluate_model
     from .provenance import resolve_device
 
     task_settings = {name: {} for name in tasks} if isinstance(tasks, list) else dict(tasks)
-    settings = {"tasks": task_settings, "limit": limit, "batch_size": batch_size}
+    settings = {"tasks": task_settings, "limit": limit, "batch_size": batch_size, "shared_context": shared_context}
     return evaluate_model(model, tokenizer, settings, resolve_device(device or "auto"), task_dir)
 
 

@@ -3,6 +3,8 @@
 The paper's seven tasks are lm-eval's hub tasks (boolq, rte, hellaswag, winogrande, arc_easy,
 arc_challenge, openbookqa). Local tasks (a folder of lm-eval task YAMLs with local data files)
 run with no network. Each task reports one metric, `acc` unless the config says otherwise.
+`shared_context: true` scores the choices of an item on one pass over its context
+(`icp.evaluate.shared_context`); off, lm-eval's own `HFLM` runs unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def evaluate_model(model, tokenizer, settings: dict[str, Any], device: str, task
 
     model.to(device)
     tasks: dict[str, dict[str, Any]] = {name: (cfg or {}) for name, cfg in settings["tasks"].items()}
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(settings.get("batch_size", 8)), device=device)
+    lm_class = HFLM
+    if settings.get("shared_context", False):  # the same log-likelihoods, each shared context scored once
+        from .shared_context import SharedContextLM as lm_class
+    lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=int(settings.get("batch_size", 8)), device=device)
     local = set((settings.get("local_tasks") or {}).get("names", []))
     # indexing lm-eval's hundreds of built-in tasks costs seconds per model: skip it when every task is local
     only_local = bool(task_dir) and set(tasks) <= local
@@ -59,4 +64,5 @@ def evaluate_model(model, tokenizer, settings: dict[str, Any], device: str, task
         }
     mean = sum(r["value"] for r in results.values()) / len(results)
     return {"metric": "zeroshot", "tasks": results, "mean": mean, "limit": settings.get("limit"),
-            "batch_size": int(settings.get("batch_size", 8)), "lm_eval_version": lm_eval.__version__}
+            "batch_size": int(settings.get("batch_size", 8)), "shared_context": bool(settings.get("shared_context", False)),
+            "lm_eval_version": lm_eval.__version__}
