@@ -61,9 +61,14 @@ class SharedContextLM(HFLM):
                     self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
         return answers  # type: ignore[return-value]
 
+    def _forward_params(self):
+        if getattr(self, "_params", None) is None:  # the cache's keyword moved (past_key_values -> cache) in transformers 5.2x
+            self._params = inspect.signature(self.model.forward).parameters
+        return self._params
+
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                  cache=None, keep_last: bool = False):
-        params = inspect.signature(self.model.forward).parameters
+        params = self._forward_params()
         kwargs = {"attention_mask": mask, "position_ids": positions, "use_cache": cache is None}
         if cache is not None:
             kwargs["cache" if "cache" in params else "past_key_values"] = cache
