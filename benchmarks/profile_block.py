@@ -2,8 +2,8 @@
 
     python benchmarks/profile_block.py --models opt-6.7b --methods sparsegpt icp --blocks 2
 
-The same setup as `prune_benchmark.py` (random blocks drawn on the GPU, 128 x 2048 calibration
-tokens, one warm-up step), then `--blocks` steps under `torch.profiler`. Reported per method:
+The same setup as `prune_benchmark.py` (its `prepare`: random blocks drawn on the GPU, 128 x 2048
+calibration tokens, block 0 once untimed), then `--blocks` steps under `torch.profiler`. Reported per method:
 wall time per block; the GPU's busy time (the union of its kernel and copy intervals, so
 overlapping streams are not counted twice) and what is left, the host gaps; kernel time by kind
 (GEMM, attention, factorisation and triangular solves, the Triton sweep, copies, the rest); the
@@ -20,10 +20,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from icp.engine import BlockRunner, Streams, run_step
-from icp.models import adapter_for
-from icp.runs import RunSpec, make_plan
-from prune_benchmark import SHAPES, RandomBlocks, stream_shape
+from icp.engine import run_step
+from prune_benchmark import prepare
 
 KINDS = (  # first match wins; names as cuBLAS / cuSOLVER / PyTorch / Triton give them
     ("copy", ("memcpy", "memset")),
@@ -56,26 +54,11 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str) -> dict:
-    config = SHAPES[name]
-    config._attn_implementation = "sdpa"
-    adapter = adapter_for(config.model_type)
-    dtype = torch.float16
-    reader = RandomBlocks(adapter, config, dtype)
-    runner = BlockRunner(adapter, config, reader, "cuda", dtype, seqlen, batch_size=8)
-    spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0,
-                   compensation={"epochs": 1, "lr": 1e-5, "batch_size": 8} if method == "icp" else {},
-                   track_error=False)
-    plan = make_plan(spec, runner)
-    reader.prepare(range(blocks + 2))
-    torch.manual_seed(0)
-    x0 = torch.randn(stream_shape(config, nsamples, seqlen), dtype=dtype, device="cuda")
-    streams, pending = Streams(x0, x0 if plan.compensation else None), None
-    result = run_step(runner, 0, streams, pending, plan)  # warm-up: kernel compilation, library handles
-    streams, pending = result.streams, result.pending
-    torch.cuda.synchronize()
+    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks)
+    pending = None
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
-        for index in range(1, blocks + 1):
+        for index in range(blocks):
             result = run_step(runner, index, streams, pending, plan)
             streams, pending = result.streams, result.pending
         torch.cuda.synchronize()

@@ -69,8 +69,11 @@ class RandomBlocks:
         return {k: v.to(self.dtype).cpu() for k, v in block.state_dict().items()}
 
 
-def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
-          offload: bool = False, compensation_batch: int = 8, kernel: str = "auto") -> dict:
+def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
+            offload: bool = False, compensation_batch: int = 8, kernel: str = "auto"):
+    """A benchmark run up to its first timed block: the runner and plan of the shape and method, the
+    random blocks drawn, the calibration streams, and block 0 run once untimed (kernel compilation,
+    library handles). Returns (runner, plan, streams, blocks to time)."""
     config = SHAPES[name]
     config._attn_implementation = "sdpa"
     adapter = adapter_for(config.model_type)
@@ -88,9 +91,17 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
     if offload:  # streams in host memory, one batch at a time on the GPU
         x0 = x0.cpu().pin_memory()
     streams = Streams(x0, x0 if plan.compensation else None)
-    pending = None
-    run_step(runner, 0, streams, None, plan)  # warm-up: kernel compilation, library handles
+    run_step(runner, 0, streams, None, plan)  # warm-up
     torch.cuda.synchronize()
+    return runner, plan, streams, blocks
+
+
+def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
+          offload: bool = False, compensation_batch: int = 8, kernel: str = "auto") -> dict:
+    config = SHAPES[name]
+    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, dtype, max_blocks, offload,
+                                            compensation_batch, kernel)
+    pending = None
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     started = time.perf_counter()

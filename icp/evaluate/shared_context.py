@@ -91,7 +91,7 @@ class SharedContextLM(HFLM):
         first = F.log_softmax(out.logits[:, -1, : self.vocab_size], dim=-1, dtype=self.softmax_dtype)
         owner = [item for item, item_choices in enumerate(choices) for _ in item_choices]
         flat = [tokens for item_choices in choices for tokens in item_choices]
-        cache = out.get("cache", None) if "cache" in out else out.past_key_values
+        cache = out["cache"] if "cache" in out else out.past_key_values  # transformers 5.2x: cache
         lengths = torch.tensor([len(c) for c in contexts], device=device)
         rest: dict[int, torch.Tensor] = {}  # choice row -> log-probabilities after each of its tokens but the last
         order = sorted((r for r in range(len(flat)) if len(flat[r]) > 1), key=lambda r: -len(flat[r]))
