@@ -93,7 +93,9 @@ def check_sparsegpt_fast_path() -> None:
             print(f"ok sparsegpt fast path {rows}x{cols} {pattern}: mask mismatch {mismatch:.2e}, output rel. error "
                   f"{rel:.2e}, Hessian rel. error {hessian_err:.1e}, Wanda norms rel. error {norms_err:.1e}; prune {seconds['torch']:.2f} s plain, "
                   f"{seconds['triton']:.3f} s fused", flush=True)
-            assert mismatch == 0 and rel < 1e-6, (rows, cols, pattern, mismatch, rel)  # no FMA: same roundings
+            # the fused path groups the lazy updates and factorises by the flip: the same sums in
+            # another order, so masks may differ at near-ties and outputs by rounding (issue #30's bar)
+            assert mismatch <= 1e-4 and rel < 1e-3, (rows, cols, pattern, mismatch, rel)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 #   bash benchmarks/offline_gpu_run.sh two [seconds]   # both GPUs, 32 CPU cores, gpu=8 (4 jobs per GPU)
 #
 # Env: WORK (run directory, default /tmp/offline-gpu-<mode>), CONFIG (default config/offline-gpu.yaml;
-# benchmarks/scaling_subset.py writes a slice of it), TARGET (default results/tables.md), EXTRA
+# benchmarks/config_slice.py writes slices of it), TARGET (default results/tables.md), EXTRA
 # (more Snakemake arguments).
 #
 # Each call runs (or resumes) the DAG in $WORK for at most `seconds`, appends the

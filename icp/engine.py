@@ -14,6 +14,7 @@ Only the blocks of the current window and the streams live on the compute device
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,8 @@ class BlockRunner:
         self.batch_size = batch_size
         self.seqlen = seqlen
         self._kwargs: dict[Any, dict[str, Any]] = {}  # per block kind (see FamilyAdapter.block_kind)
+        self._host_blocks: dict[int, Future] = {}  # CUDA: dense blocks read ahead into pinned memory
+        self._reads: ThreadPoolExecutor | None = None
 
     def kwargs(self, index: int) -> dict[str, Any]:
         """The call arguments of block `index` (its mask, rotary table, ...), built once per kind."""
@@ -130,11 +133,38 @@ class BlockRunner:
         if isinstance(state, nn.Module):
             return state.to(device=self.device, dtype=self.dtype).eval()
         if state is None:
-            state = self.reader.read_prefix(self.adapter.block_prefix(index))
+            state = self.dense_state(index)
         with torch.device("meta"):
             block = self.adapter.build_block(self.config, index)
         block.load_state_dict(state, assign=True, strict=True)
-        return block.to(device=self.device, dtype=self.dtype).eval()
+        return block.to(device=self.device, dtype=self.dtype, non_blocking=True).eval()
+
+    def dense_state(self, index: int) -> StateDict:
+        """Block `index`'s dense weights in host memory. With a CUDA compute device the read runs
+        one block ahead on a helper thread, into pinned memory (the copy to the device is then
+        asynchronous and the next block's read overlaps this block's work); the values are the
+        reader's either way."""
+        if self.device.type != "cuda":
+            return self.reader.read_prefix(self.adapter.block_prefix(index))
+        ahead = self._host_blocks.get(index) or self._read_ahead(index)
+        state = ahead.result()
+        for done in [i for i in self._host_blocks if i < index - 1]:  # ICP reloads the block before
+            del self._host_blocks[done]
+        if index + 1 < self.num_blocks and index + 1 not in self._host_blocks:
+            self._read_ahead(index + 1)
+        return state
+
+    def _read_ahead(self, index: int) -> Future:
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-read-ahead")
+        future = self._reads.submit(self._read_pinned, index)
+        self._host_blocks[index] = future
+        return future
+
+    def _read_pinned(self, index: int) -> StateDict:
+        state = self.reader.read_prefix(self.adapter.block_prefix(index))
+        return {name: value.pin_memory() if value.device.type == "cpu" and not value.is_pinned() else value
+                for name, value in state.items()}
 
     @torch.no_grad()
     def forward(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool = True) -> torch.Tensor | None:

@@ -182,3 +182,17 @@ def test_quantized_nm_checkpoint_passes_checks_and_tampering_fails(setup):
     save_file(tensors, str(out / "model.safetensors"))
     with pytest.raises(ValueError, match="grid|non-zeros"):
         verify_pruned(out, spec.to_dict())
+
+
+def test_large_vocabulary_nll_is_summed_a_few_windows_at_a_time(monkeypatch):
+    """The chunked NLL (for batches whose logits are large) equals the one-reduction NLL."""
+    import icp.evaluate.perplexity as ppl
+
+    g = torch.Generator().manual_seed(0)
+    logits, windows = torch.randn(5, 32, 300, generator=g), torch.randint(0, 300, (5, 32), generator=g)
+    whole = ppl._window_nll(logits, windows)
+    monkeypatch.setattr(ppl, "NLL_CHUNK_ELEMENTS", 2 * 32 * 300)  # two windows at a time
+    chunked = ppl._window_nll(logits, windows)
+    assert abs(float(chunked) - float(whole)) <= 1e-5 * float(whole)
+    monkeypatch.setattr(ppl, "NLL_CHUNK_ELEMENTS", 1)  # one window at a time
+    assert abs(float(ppl._window_nll(logits, windows)) - float(whole)) <= 1e-5 * float(whole)

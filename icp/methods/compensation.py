@@ -23,7 +23,7 @@ def _trainable(block: nn.Module, adapter: Any, which: str) -> list[nn.Parameter]
     return list(block.parameters())
 
 
-class _PinnedStaging:
+class PinnedBatches:
     """Batches of rows of a host-memory tensor for the accelerator: gathered into one of two pinned
     buffers (alternating) and copied without blocking, so the host gathers batch k+1 while the
     device trains on batch k. A buffer is refilled only after its previous copy has finished."""
@@ -85,7 +85,7 @@ def compensate(
         block.train()
     staged = inputs.device.type == "cpu" and device.type == "cuda"
     if staged:
-        input_batches, target_batches = _PinnedStaging(inputs, device), _PinnedStaging(targets, device)
+        input_batches, target_batches = PinnedBatches(inputs, device), PinnedBatches(targets, device)
     samples = inputs.shape[0]
     epoch_losses, epoch_lrs = [], []
     with _dropout_rng(settings, seed_offset, device):

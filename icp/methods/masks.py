@@ -11,19 +11,28 @@ def prune_count(numel: int, sparsity: float) -> int:
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Mask of exactly the `k` lowest-scoring entries over the whole tensor."""
+    """Mask of exactly the `k` lowest-scoring entries over the whole tensor; ties at the threshold
+    go to the lowest flat indices."""
     flat = scores.flatten()
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    if flat.is_cuda:  # CUDA's kthvalue selects in one thread block: a sort is far faster, same value
-        threshold = torch.sort(flat).values[k - 1]
-    else:
-        threshold = flat.kthvalue(k).values  # faster than topk for large k
+    if flat.is_cuda:
+        return _lowest_k_by_stable_sort(flat, k).view_as(scores)
+    threshold = flat.kthvalue(k).values  # faster than topk for large k
     mask = flat < threshold
     missing = k - int(mask.sum())
     if missing > 0:  # ties at the threshold: take the first ones, so exactly k are removed
         mask[(flat == threshold).nonzero().flatten()[:missing]] = True
     return mask.view_as(scores)
+
+
+def _lowest_k_by_stable_sort(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The same mask as the threshold-and-ties path, without reading anything back to the host
+    (no device sync: SparseGPT calls this once per column block). A stable sort orders ties by
+    index, so its first k positions are every entry below the k-th value plus the first ties.
+    (CUDA's kthvalue selects in one thread block; a sort is far faster there anyway.)"""
+    first_k = torch.sort(flat, stable=True).indices[:k]
+    return torch.zeros_like(flat, dtype=torch.bool).index_fill_(0, first_k, True)
 
 
 def lowest_per_row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:

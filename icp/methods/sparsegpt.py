@@ -52,6 +52,7 @@ class InputHessian:
         self.tokens = 0
         self.users = 0  # pruners still to solve with it; the factor is dropped after the last
         self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._info: torch.Tensor | None = None  # factorisation status, checked once read back
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         x = inputs.reshape(-1, self.columns)
@@ -66,22 +67,41 @@ class InputHessian:
             self.matrix.addmm_(x.t(), x)
         self.tokens = total
 
-    def inverse_factor(self, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse_factor(self, percdamp: float, by_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(upper Cholesky factor of the dampened H^-1, mask of columns never activated).
 
-        Computed once; later callers (the other linears of the group) get the same factor."""
+        Computed once; later callers (the other linears of the group) get the same factor. Nothing
+        here reads back to the host (no boolean indexing, `cholesky_ex`): on CUDA the host runs on
+        to queue the sweeps; a failed factorisation is raised by `check_factor` after them.
+        `by_flip` (the fused path) reaches the same factor with one Cholesky factorisation and one
+        triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse`)."""
         if self._factor is None:
             hessian, self.matrix = self.matrix, None
-            dead = torch.diag(hessian) == 0
-            hessian[dead, dead] = 1.0
-            diagonal = torch.arange(self.columns, device=hessian.device)
-            hessian[diagonal, diagonal] += percdamp * torch.mean(torch.diag(hessian))
-            factor = torch.linalg.cholesky(hessian)
-            del hessian
-            inverse = torch.cholesky_inverse(factor)
-            del factor
-            self._factor = (torch.linalg.cholesky(inverse, upper=True).contiguous(), dead)  # row-major: rows are read
+            diagonal = hessian.diagonal()
+            dead = diagonal == 0
+            diagonal.masked_fill_(dead, 1.0)
+            diagonal.add_(percdamp * torch.mean(diagonal.contiguous()))  # contiguous: the reference's reduction order
+            if by_flip:
+                upper, self._info = _upper_factor_of_inverse(hessian)
+            else:
+                factor, info = torch.linalg.cholesky_ex(hessian)
+                del hessian
+                inverse = torch.cholesky_inverse(factor)
+                del factor
+                upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
+                self._info = info + info_inverse
+            self._factor = (upper.contiguous(), dead)  # row-major: rows are read
+            if not upper.is_cuda:
+                self.check_factor()
         return self._factor
+
+    def check_factor(self) -> None:
+        """Raise if the dampened Hessian (or its inverse) was not positive definite."""
+        if self._info is not None and int(self._info) != 0:
+            raise torch.linalg.LinAlgError(
+                "SparseGPT: the dampened layer Hessian is not positive definite (non-finite "
+                "activations, or raise percdamp)")
+        self._info = None
 
     def done(self) -> None:
         """One user has finished; after the last, the memory goes."""
@@ -89,6 +109,22 @@ class InputHessian:
         if self.users <= 0:
             self.matrix = None
             self._factor = None
+
+
+def _upper_factor_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, status) with U upper triangular and U^T U = H^-1, from one factorisation.
+
+    With J the reversal permutation and J H J = L L^T (Cholesky), H^-1 = (J L^-T J)(J L^-1 J), and
+    J L^-1 J is upper triangular with a positive diagonal: the (unique) upper Cholesky factor of
+    H^-1. `hessian` is consumed."""
+    flipped = hessian.flip((0, 1))
+    del hessian
+    lower, info = torch.linalg.cholesky_ex(flipped)
+    del flipped
+    identity = torch.eye(lower.shape[0], device=lower.device, dtype=lower.dtype)
+    inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False, out=identity)
+    del lower
+    return inverse_lower.flip((0, 1)), info
 
 
 def sweep_columns(
@@ -160,17 +196,50 @@ class SparseGPTPruner(LayerPruner):
         self._check(pattern)
         dtype = self.layer.weight.dtype
         weight = self.layer.weight.data.clone().float()
-        hinv, dead = self.hessian.inverse_factor(self.percdamp)
-        weight[:, dead] = 0.0
+        fused = self.use_triton(weight, pattern)
+        hinv, dead = self.hessian.inverse_factor(self.percdamp, by_flip=fused)
+        weight.masked_fill_(dead.unsqueeze(0), 0.0)
         grid = ChannelGrid.fit(weight, pattern.wbits) if pattern.quantize else None
-        mask = torch.zeros_like(weight, dtype=torch.bool)
-        if self.use_triton(weight, pattern):
+        if fused:
             from .kernels.obs_sweep import sweep_columns as sweep
         else:
             sweep = sweep_columns
+        # the fused path also factorises by the flip (see InputHessian.inverse_factor) and defers the
+        # update of the columns past each group of blocks to one large product per group (see sweep_blocks)
+        mask = sweep_blocks(weight, hinv, pattern, grid, sweep, self.blocksize,
+                            LAZY_GROUP_COLUMNS if fused else self.blocksize)
+        self.hessian.check_factor()
+        self.hessian.done()
+        self.layer.weight.data = weight.to(dtype)
+        return PruneResult(mask=mask, grid=grid)
 
-        for start in range(0, self.columns, self.blocksize):
-            end = min(start + self.blocksize, self.columns)
+
+# Columns per lazy group on the fused path: the update of the columns after a group is one product
+# with an inner dimension of this size, instead of one per 128-column block (which runs the fp32
+# GEMM units at a fraction of their rate).
+LAZY_GROUP_COLUMNS = 1024
+
+
+def sweep_blocks(weight: torch.Tensor, hinv: torch.Tensor, pattern: Pattern, grid: ChannelGrid | None,
+                 sweep, blocksize: int, group_columns: int) -> torch.Tensor:
+    """Prune fp32 `weight` in place, `blocksize` columns at a time; returns the prune mask.
+
+    After each block its errors are spread over the later columns of its group of `group_columns`
+    columns at once; the columns after the group are updated once the whole group is done, with
+    all its errors together. `group_columns == blocksize` is the reference order (every later
+    column updated after every block); a larger group gives the same weights up to rounding (the
+    same sums, grouped differently) with far fewer, larger products.
+    """
+    columns = weight.shape[1]
+    mask = torch.zeros_like(weight, dtype=torch.bool)
+    lazy = group_columns > blocksize
+    group_columns = group_columns - group_columns % blocksize if lazy else blocksize
+    for group_start in range(0, columns, group_columns):
+        group_end = min(group_start + group_columns, columns)
+        if lazy:
+            group_errors = torch.empty(weight.shape[0], group_end - group_start, device=weight.device, dtype=weight.dtype)
+        for start in range(group_start, group_end, blocksize):
+            end = min(start + blocksize, group_end)
             block = weight[:, start:end]
             hinv_block = hinv[start:end, start:end]
             block_mask = None
@@ -180,8 +249,12 @@ class SparseGPTPruner(LayerPruner):
             result, errors, block_mask = sweep(block, hinv_block, block_mask, pattern.n, pattern.m, grid)
             weight[:, start:end] = result
             mask[:, start:end] = block_mask
-            weight[:, end:] -= errors @ hinv[start:end, end:]
-
-        self.hessian.done()
-        self.layer.weight.data = weight.to(dtype)
-        return PruneResult(mask=mask, grid=grid)
+            if not lazy:
+                weight[:, end:] -= errors @ hinv[start:end, end:]
+                continue
+            group_errors[:, start - group_start : end - group_start] = errors
+            if end < group_end:
+                weight[:, end:group_end] -= errors @ hinv[start:end, end:group_end]
+        if lazy and group_end < columns:
+            weight[:, group_end:].addmm_(group_errors, hinv[group_start:group_end, group_end:], alpha=-1.0)
+    return mask
