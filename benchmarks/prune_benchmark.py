@@ -51,7 +51,13 @@ class RandomBlocks:
         self.adapter, self.config, self.dtype = adapter, config, dtype
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
 
-    def prepare(self, indices) -> None:
+    def sweep_options(path: str) -> dict:
+    """SparseGPT options of a benchmark path: torch (the plain sweep), auto/triton (the fused one),
+    grouped (fused, with the opt-in grouped updates and one-factorisation inverse)."""
+    return {"kernel": "auto", "grouped": True} if path == "grouped" else {"kernel": path}
+
+
+def prepare(self, indices) -> None:
         for index in indices:
             self.cache[index] = self._draw(index)
 
@@ -81,7 +87,7 @@ def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dty
     runner = BlockRunner(adapter, config, reader, "cuda", dtype, seqlen, batch_size=8)
     spec = RunSpec(method, sparsity=0.5, alpha=0.8 if method == "icp" else 1.0, beta=0.9 if method == "icp" else 1.0,
                    compensation={"epochs": 1, "lr": 1e-5, "batch_size": compensation_batch} if method == "icp" else {},
-                   method_options={"kernel": kernel} if method in ("sparsegpt", "icp") else {},
+                   method_options=sweep_options(kernel) if method in ("sparsegpt", "icp") else {},
                    track_error=False)
     plan = make_plan(spec, runner)
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
@@ -137,7 +143,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--compensation-batch", type=int, default=8, help="ICP samples per compensation step")
     parser.add_argument("--paths", nargs="+", default=["torch", "auto"],
-                        help="SparseGPT sweeps to compare: torch (the plain per-column loop), auto/triton (fused)")
+                        help="SparseGPT sweeps to compare: torch (the plain per-column loop), auto/triton (fused), grouped (fused + grouped updates)")
     args = parser.parse_args()
     rows = []
     for name in args.models:
@@ -158,7 +164,8 @@ def main() -> None:
     (out / f"prune_benchmark{suffix}.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | method | SparseGPT sweep | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |",
              "|---|---|---|---|---|---|---|"]
-    names = {"torch": "plain (torch)", "auto": "fused (Triton)", "triton": "fused (Triton)", "-": "-"}
+    names = {"torch": "plain (torch)", "auto": "fused (Triton)", "triton": "fused (Triton)",
+             "grouped": "fused + grouped updates", "-": "-"}
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {names[r['path']]} | {r['seconds_full_model']:.0f} | "
                      f"{r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")

@@ -271,3 +271,37 @@ def test_a_damaged_model_or_evaluation_json_is_named_and_removed(tiny_dirs, tmp_
     with pytest.raises(ValueError, match="ppl.json is damaged"):
         collect_results([str(evaluation)])
     assert not evaluation.exists()
+
+
+class _PieceTokenizer:
+    """A stand-in tokenizer: a vocabulary, and an encoder that either keeps whole words or spells
+    every word out character by character (what a GGUF tokenizer rebuilt without its merges does)."""
+
+    def __init__(self, whole_words: bool) -> None:
+        self.whole_words = whole_words
+        self.vocab: dict[str, int] = {}
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.vocab
+
+    def _id(self, piece: str) -> int:
+        return self.vocab.setdefault(piece, len(self.vocab))
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        ids = []
+        for word in text.replace(",", "").replace(".", "").split():
+            whole = self._id("\u2581" + word)
+            ids += [whole] if self.whole_words else [self._id(c) for c in word]
+        return {"input_ids": ids}
+
+
+def test_a_gguf_tokenizer_that_spells_out_whole_words_is_named():
+    from icp.models.loading import PROBE_TEXT, check_whole_words
+
+    good, bad = _PieceTokenizer(True), _PieceTokenizer(False)
+    for tokenizer in (good, bad):
+        for word in PROBE_TEXT.replace(",", "").replace(".", "").split():
+            tokenizer._id("\u2581" + word)  # the vocabulary holds every word whole
+    check_whole_words(good, "pkg:x/model.gguf")
+    with pytest.raises(ValueError, match=r"splits words its own vocabulary holds whole \(capital, Germany"):
+        check_whole_words(bad, "pkg:x/model.gguf")

@@ -192,7 +192,7 @@ def test_fused_sweep_equals_plain_sweep_under_triton_interpreter():
 
 @pytest.mark.parametrize("pattern", [Pattern(sparsity=0.6), Pattern(n=2, m=4), Pattern(sparsity=0.5, wbits=4)])
 def test_lazy_column_groups_equal_the_reference_update_order(pattern):
-    """The fused path's grouped updates (columns past a group updated once per group) against the
+    """The grouped option's updates (columns past a group updated once per group) against the
     reference order (every later column after every block): the same masks, weights to rounding."""
     from icp.methods.quant import ChannelGrid
     from icp.methods.sparsegpt import InputHessian, sweep_blocks, sweep_columns
@@ -218,3 +218,43 @@ def test_sparsegpt_reports_a_hessian_that_is_not_positive_definite():
     pruner.add_batch(torch.full((1, 16, 8), float("nan")))
     with pytest.raises(torch.linalg.LinAlgError, match="positive definite"):
         pruner.prune(Pattern(sparsity=0.5))
+
+
+def test_flip_factor_equals_the_reference_factor():
+    """One factorisation by the flip (the grouped option) gives the reference's upper factor of H^-1."""
+    from icp.methods.sparsegpt import InputHessian
+
+    g = torch.Generator().manual_seed(5)
+    factors = []
+    for by_flip in (False, True):
+        hessian = InputHessian(96, "cpu")
+        hessian.add_batch(torch.randn(512, 96, generator=torch.Generator().manual_seed(1)))
+        factors.append(hessian.inverse_factor(0.01, by_flip=by_flip)[0])
+    reference, flipped = factors
+    assert torch.allclose(flipped, reference, rtol=1e-4, atol=1e-6)
+    assert torch.equal(flipped.tril(-1), torch.zeros_like(flipped))  # upper triangular
+
+
+@pytest.mark.parametrize("pattern", [Pattern(sparsity=0.5), Pattern(n=2, m=4, wbits=4)])
+def test_grouped_option_prunes_as_the_default_up_to_rounding(pattern):
+    g = torch.Generator().manual_seed(7)
+    weight, inputs = torch.randn(32, 1536, generator=g), torch.randn(2, 1024, 1536, generator=g)
+    results = {}
+    for grouped in (False, True):
+        layer = nn.Linear(1536, 32, bias=False)
+        layer.weight.data = weight.clone()
+        pruner = make_pruner("sparsegpt", layer, {"grouped": grouped})
+        pruner.add_batch(inputs)
+        results[grouped] = (pruner.prune(pattern).mask, layer.weight.data.clone())
+    assert torch.equal(results[False][0], results[True][0])
+    assert float((results[False][1] - results[True][1]).abs().max()) < 1e-4 * float(weight.abs().max())
+
+
+def test_grouped_option_names_its_own_run_and_the_kernel_does_not():
+    from icp.spec import RunSpec
+
+    names = {RunSpec("sparsegpt", sparsity=0.5, method_options=options).resume_key().__repr__()
+             for options in ({}, {"kernel": "torch"})}
+    assert len(names) == 1
+    grouped = RunSpec("sparsegpt", sparsity=0.5, method_options={"grouped": True}).resume_key()
+    assert repr(grouped) not in names

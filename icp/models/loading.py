@@ -135,6 +135,8 @@ def load_model(source: str, dtype: str = "float32"):
     src = resolve_source(source)
     extra: dict[str, Any] = {"gguf_file": src.gguf_file} if src.gguf_file else {}
     tokenizer = AutoTokenizer.from_pretrained(src.location, **extra)
+    if src.gguf_file:
+        check_whole_words(tokenizer, source)
     model = AutoModelForCausalLM.from_pretrained(
         src.location, dtype=DTYPES[dtype], attn_implementation="sdpa", **extra
     )
@@ -145,6 +147,30 @@ def load_model(source: str, dtype: str = "float32"):
         model.set_attn_implementation(wanted)
     model.eval()
     return model, tokenizer
+
+
+# Common words that an English subword vocabulary holds whole. A GGUF tokenizer that a transformers
+# version rebuilds without its merges or scores spells them out piece by piece (transformers 5.17 and
+# Gemma-3-270M: " capital" -> "▁c", "ap", "it", "al"), and every evaluation is then silently wrong.
+PROBE_TEXT = "The capital of Germany is Berlin, a city of about three million people on the river."
+PROBE_WORDS = ("capital", "Germany", "million", "people", "river")
+
+
+def check_whole_words(tokenizer: Any, source: str) -> None:
+    """Raise if the tokenizer splits a probe word that its own vocabulary holds as one piece
+    (SentencePiece "▁word" or byte-level BPE "Ġword")."""
+    vocab = tokenizer.get_vocab()
+    used = set(tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"])
+    split = [word for word in PROBE_WORDS for piece in (f"\u2581{word}", f"\u0120{word}")
+             if piece in vocab and vocab[piece] not in used]
+    if split:
+        import transformers
+
+        raise ValueError(
+            f"the tokenizer transformers {transformers.__version__} builds from {source} splits words its own "
+            f"vocabulary holds whole ({', '.join(split)}): this transformers version converts the GGUF's "
+            f"tokenizer wrongly, and every number would be wrong. Use another transformers release (Gemma-3's "
+            f"GGUF: 5.17 seen wrong, 5.24 and 5.25 seen right)")
 
 
 def load_config(checkpoint_dir: str | Path) -> PretrainedConfig | SamConfig:
