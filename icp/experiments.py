@@ -103,8 +103,8 @@ def is_sam(config: dict[str, Any], model: str) -> bool:
 def model_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
     """A model's entry as the hashes of its data and evaluations hold it: its own method settings
     are left out (they reach only the runs of their method, through the run's spec), and so are its
-    own stage settings (they reach only the stage's hash)."""
-    return {k: v for k, v in config["models"][model].items() if k not in ("methods", "stages")}
+    own stage settings (they reach only the stage's hash), and its zero-shot batch (memory only)."""
+    return {k: v for k, v in config["models"][model].items() if k not in ("methods", "stages", "zeroshot_batch_size")}
 
 
 def calibration_section(config: dict[str, Any], model: str, override: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -164,6 +164,13 @@ def eval_corpus_key(config: dict[str, Any], model: str, corpus: str) -> str:
 
 def zeroshot_key(config: dict[str, Any]) -> str:
     return short_hash(config["zeroshot"])
+
+
+def zeroshot_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The zero-shot settings one model's evaluations run with: `zeroshot`, with the model's own
+    `zeroshot_batch_size` (memory only: not part of `zeroshot_key`)."""
+    batch = config["models"][model].get("zeroshot_batch_size")
+    return {**config["zeroshot"], "batch_size": batch} if batch else dict(config["zeroshot"])
 
 
 def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

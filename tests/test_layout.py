@@ -116,3 +116,15 @@ def test_the_api_and_the_workflow_write_one_pruning_record_schema(tmp_path):
     assert set(record) == set(pruning_record({}, [])) | {"quant_grids"}
     assert record["measured_sparsity"] == pytest.approx(0.5, abs=1e-3)
     assert [block["block"] for block in record["blocks"]] == [0, 1]
+
+
+def test_a_models_zeroshot_batch_size_is_its_own_and_not_in_the_key():
+    from icp import experiments as X
+
+    config = {"zeroshot": {"batch_size": 64, "tasks": {"t": {}}},
+              "models": {"small": {"source": "a"}, "gemma": {"source": "b", "zeroshot_batch_size": 8}}}
+    assert X.zeroshot_settings(config, "small")["batch_size"] == 64
+    assert X.zeroshot_settings(config, "gemma") == {"batch_size": 8, "tasks": {"t": {}}}
+    assert X.zeroshot_path(config, "gemma", "dense") == X.zeroshot_path(config, "gemma", "dense")
+    assert X.zeroshot_key(config) == X.zeroshot_key({**config, "models": {"small": {"source": "a"}}})
+    assert X.model_entry(config, "gemma") == {"source": "b"}  # nothing re-runs when it changes

@@ -53,7 +53,7 @@ rule zeroshot:
         icp=ICP_CLI,
         model_dir=lambda wc: model_dir(wc.model, wc.run),
         meta=lambda wc: run_meta(wc),
-        settings=json.dumps(config["zeroshot"]),
+        settings=lambda wc: json.dumps(X.zeroshot_settings(config, wc.model)),
         task_dir=f"--task-dir {local_task_dir()}" if config["zeroshot"].get("local_tasks") else "",
         dtype=lambda wc: config["models"][wc.model].get("dtype", "float32"),
         device=DEVICE,
