@@ -122,8 +122,8 @@ def _upper_factor_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch
     lower, info = torch.linalg.cholesky_ex(flipped)
     del flipped
     identity = torch.eye(lower.shape[0], device=lower.device, dtype=lower.dtype)
-    inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False, out=identity)
-    del lower
+    inverse_lower = torch.linalg.solve_triangular(lower, identity, upper=False)  # no out=: see README, #30
+    del lower, identity
     return inverse_lower.flip((0, 1)), info
 
 
