@@ -51,13 +51,7 @@ class RandomBlocks:
         self.adapter, self.config, self.dtype = adapter, config, dtype
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
 
-    def sweep_options(path: str) -> dict:
-    """SparseGPT options of a benchmark path: torch (the plain sweep), auto/triton (the fused one),
-    grouped (fused, with the opt-in grouped updates and one-factorisation inverse)."""
-    return {"kernel": "auto", "grouped": True} if path == "grouped" else {"kernel": path}
-
-
-def prepare(self, indices) -> None:
+    def prepare(self, indices) -> None:
         for index in indices:
             self.cache[index] = self._draw(index)
 
@@ -73,6 +67,12 @@ def prepare(self, indices) -> None:
             if p.dim() == 2:
                 p.data.normal_(0, 0.02)
         return {k: v.to(self.dtype).cpu() for k, v in block.state_dict().items()}
+
+
+def sweep_options(path: str) -> dict:
+    """SparseGPT options of a benchmark path: torch (the plain sweep), auto/triton (the fused one),
+    grouped (fused, with the opt-in grouped updates and one-factorisation inverse)."""
+    return {"kernel": "auto", "grouped": True} if path == "grouped" else {"kernel": path}
 
 
 def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
