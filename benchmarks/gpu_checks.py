@@ -42,10 +42,11 @@ def prune(model_dir, spec, x0_path, out, device, offload=False):
     return out / "model"
 
 
-def check_sparsegpt_fast_path() -> None:
+def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
     """The fused sweep against the plain one on layer shapes of OPT-6.7B / Llama-2-7B, fp16 weights
     and correlated fp16 inputs: prune masks equal (near-exact ties aside) and layer outputs within
-    1e-3 relative error; and the half-precision Hessian product against an fp32 one."""
+    1e-3 relative error; and the half-precision Hessian product against an fp32 one. Returns the
+    cases where the opt-in grouped path missed that bar (it is judged, not asserted, here)."""
     from torch import nn
 
     from icp.methods import make_pruner
@@ -54,6 +55,7 @@ def check_sparsegpt_fast_path() -> None:
     from icp.methods.wanda import FeatureNorms
 
     g = torch.Generator(device="cuda").manual_seed(0)
+    grouped_failures = []  # the opt-in grouped path: reported, judged after every other check
     for rows, cols in ((4096, 4096), (11008, 4096), (4096, 11008)):
         mixing = torch.eye(cols, device="cuda") + 0.05 * torch.randn(cols, cols, device="cuda", generator=g)
         scales = torch.rand(cols, device="cuda", generator=g) * 2 + 0.1
@@ -105,10 +107,8 @@ def check_sparsegpt_fast_path() -> None:
                 print(f"{verdict} sparsegpt grouped (opt-in) {rows}x{cols} {pattern}: mask mismatch {grouped_mismatch:.2e}, "
                       f"output rel. error {grouped_rel:.2e}; distance to fp64: plain {to_fp64['torch']:.2e}, grouped "
                       f"{to_fp64['grouped']:.2e}; prune {seconds['grouped']:.3f} s", flush=True)
-                GROUPED_FAILURES.extend([] if verdict == "ok" else [(rows, cols, str(pattern))])
-
-
-GROUPED_FAILURES: list = []
+                grouped_failures += [] if verdict == "ok" else [(rows, cols, str(pattern))]
+    return grouped_failures
 
 
 def fp64_outputs(x, held_out, weight, pattern):
@@ -129,7 +129,7 @@ def fp64_outputs(x, held_out, weight, pattern):
 
 def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device"
-    check_sparsegpt_fast_path()
+    grouped_failures = check_sparsegpt_fast_path()
     check_sliding_window_families()
     root = Path(tempfile.mkdtemp())
     text = generated_text()
@@ -174,8 +174,8 @@ def main() -> None:
             print(f"ok {family} {dtype}: dense ppl {full:.3f} (block-wise {blockwise:.3f}), ICP 60% ppl {icp_ppl:.3f}, "
                   f"measured sparsity {zeros / total:.4f}", flush=True)
     check_sam(root / "sam")
-    if GROUPED_FAILURES:
-        sys.exit(f"the opt-in grouped SparseGPT path missed the fast-path bar on {GROUPED_FAILURES}")
+    if grouped_failures:
+        sys.exit(f"the opt-in grouped SparseGPT path missed the fast-path bar on {grouped_failures}")
     print("all GPU checks passed")
 
 

@@ -8,7 +8,7 @@ step; this module holds what ICP adds on top: the short, seeded training of B_{i
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ def _trainable(block: nn.Module, adapter: Any, which: str) -> list[nn.Parameter]
     return list(block.parameters())
 
 
-class PinnedBatches:
+class _PinnedStaging:
     """Batches of rows of a host-memory tensor for the accelerator: gathered into one of two pinned
     buffers (alternating) and copied without blocking, so the host gathers batch k+1 while the
     device trains on batch k. A buffer is refilled only after its previous copy has finished."""
@@ -47,6 +47,14 @@ class PinnedBatches:
         self.slots[self.turn] = (buffer, copied)
         self.turn ^= 1
         return on_device
+
+
+def device_batches(source: torch.Tensor, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """index -> those rows of `source` on `device`. From host memory to CUDA they are gathered into
+    pinned buffers and copied without blocking (`_PinnedStaging`): no host sync per step."""
+    if source.device.type == "cpu" and device.type == "cuda":
+        return _PinnedStaging(source, device).batch
+    return lambda index: source[index.to(source.device)].to(device)
 
 
 def compensate(
@@ -83,9 +91,7 @@ def compensate(
         block_kwargs = {name: _as_fp32(value) for name, value in block_kwargs.items()}
     if settings.dropout:
         block.train()
-    staged = inputs.device.type == "cpu" and device.type == "cuda"
-    if staged:
-        input_batches, target_batches = PinnedBatches(inputs, device), PinnedBatches(targets, device)
+    input_batches, target_batches = device_batches(inputs, device), device_batches(targets, device)
     samples = inputs.shape[0]
     epoch_losses, epoch_lrs = [], []
     with _dropout_rng(settings, seed_offset, device):
@@ -99,10 +105,7 @@ def compensate(
             steps = 0
             for start in range(0, samples, settings.batch_size):
                 index = order[start : start + settings.batch_size]
-                if staged:
-                    x, y = input_batches.batch(index).float(), target_batches.batch(index).float()
-                else:
-                    x, y = inputs[index].to(device).float(), targets[index].to(device).float()
+                x, y = input_batches(index).float(), target_batches(index).float()
                 with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
                     out = adapter.run_block(block, x, block_kwargs)
                 loss = F.mse_loss(out.float(), y)

@@ -165,7 +165,9 @@ def train_input_compensation(
     on_cuda = torch.device(device).type == "cuda"
     use_amp = settings.amp and on_cuda
     step = start_epoch * steps_per_epoch
-    input_batches, target_batches = _batches(tokens, device), _batches(targets, device)
+    from .compensation import device_batches
+
+    input_batches, target_batches = device_batches(tokens, torch.device(device)), device_batches(targets, torch.device(device))
     with pool_applied(embedding, pool), checkpointed(adapter.blocks(model), settings.checkpoint_blocks and on_cuda):
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()
@@ -196,18 +198,6 @@ def train_input_compensation(
         record["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     record["epochs"] = settings.epochs
     return pool.cpu(), record
-
-
-def _batches(source: torch.Tensor, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """index -> those rows of `source` on `device`. From host memory to CUDA they are gathered into
-    pinned buffers and copied without blocking (no host sync per step, which leaves a small model's
-    launch-bound steps waiting on each other)."""
-    target = torch.device(device)
-    if source.device.type == "cpu" and target.type == "cuda":
-        from .compensation import PinnedBatches
-
-        return PinnedBatches(source, target).batch
-    return lambda index: source[index.to(source.device)].to(target)
 
 
 def _save_progress(path: Path, pool: InputPool, optimizer: torch.optim.Optimizer, record: dict[str, Any], epoch: int) -> None:
