@@ -11,7 +11,8 @@
 # Each call runs (or resumes) the DAG in $WORK for at most `seconds`, appends the
 # segment's wall time to segments.txt there (the run's wall time is their sum), samples nvidia-smi
 # every 2 s, and, when $OUT is set, packs the small outputs (tables, CSVs, plots, records, logs,
-# Snakemake benchmarks; no checkpoints) into $OUT/offline-gpu-<mode>.tgz.
+# Snakemake benchmarks; no checkpoints, exported models or tokenizers, but the dense model's
+# evaluations) into $OUT/offline-gpu-<mode>.tgz.
 set -u
 mode=${1:?one or two}
 limit=${2:-560}
@@ -50,6 +51,7 @@ tail -5 "$work/snakemake.log"
 if [ -n "${OUT:-}" ]; then
     (cd "$work" && find results segments.txt gpu-samples.csv snakemake.log \
         \( -name '*.md' -o -name '*.csv' -o -name '*.json' -o -name '*.png' -o -name '*.svg' -o -name '*.tsv' \
-           -o -name '*.log' -o -name '*.txt' \) -not -path '*/steps/*.blocks*' -not -path '*/dense/*' -print0 \
+           -o -name '*.log' -o -name '*.txt' \) -not -path '*/steps/*.blocks*' -not -name 'tokenizer*' \
+           -not -regex 'results/[^/]*/dense/.*' -print0 \
         | tar czf "$OUT/offline-gpu-$mode.tgz" --null -T -)
 fi

@@ -7,7 +7,9 @@ calibration tokens, block 0 once untimed), then `--blocks` steps under `torch.pr
 wall time per block; the GPU's busy time (the union of its kernel and copy intervals, so
 overlapping streams are not counted twice) and what is left, the host gaps; kernel time by kind
 (GEMM, attention, factorisation and triangular solves, the Triton sweep, copies, the rest); the
-20 costliest kernels. Writes profile_block_<gpu>.json (and the profiler's own table as .txt).
+20 costliest kernels; and, from one more step under `torch.cuda.set_sync_debug_mode("warn")`,
+every host-device synchronisation by the line of ours that asked for it (host gaps start there).
+Writes profile_block_<gpu>.json (and the profiler's own table as .txt).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -53,6 +58,35 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total / 1e6
 
 
+def sync_points(step) -> dict[str, int]:
+    """Host-device synchronisations during `step()`, counted by the innermost frame in `icp/`
+    (or in this benchmark) that led to them."""
+    counts: Counter[str] = Counter()
+    previous = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return previous(message, category, filename, lineno, file, line)
+        ours = [f for f in traceback.extract_stack()[:-1] if "/icp/" in f.filename or "benchmarks/" in f.filename]
+        where = ours[-1] if ours else None
+        counts[f"{Path(where.filename).name}:{where.lineno} {where.name}" if where else f"{filename}:{lineno}"] += 1
+
+    warnings.showwarning = record
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+                torch.cuda.synchronize()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = previous
+    return dict(counts.most_common())
+
+
 def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str) -> dict:
     runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks)
     pending = None
@@ -63,6 +97,14 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
             streams, pending = result.streams, result.pending
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
+
+    def one_more() -> None:  # the block after the profiled ones (prepare drew it)
+        run_step(runner, min(blocks, runner.num_blocks - 1), streams, pending, plan)
+
+    try:
+        syncs = sync_points(one_more)
+    except Exception as error:  # the census is a diagnostic: it never costs the profile
+        syncs = {"census failed": 1, repr(error)[:200]: 1}
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     by_kind: dict[str, float] = {}
     by_kernel: dict[str, list[float]] = {}
@@ -85,6 +127,7 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
         "kernel_seconds_per_block_by_kind": {k: v / blocks for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"name": n[:160], "kind": kind_of(n), "seconds_per_block": s / blocks, "calls_per_block": c / blocks}
                         for n, (s, c) in top],
+        "syncs_in_one_step": syncs,
         "note": "profiler overhead included in the wall time; kernel times by kind may overlap across streams",
     }
 
@@ -110,6 +153,7 @@ def main() -> None:
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in row["kernel_seconds_per_block_by_kind"].items())
             print(f"{name} {method}: {row['wall_per_block_s']:.2f} s/block, GPU busy {row['gpu_busy_per_block_s']:.2f}, "
                   f"gaps {row['host_gap_per_block_s']:.2f}; {kinds}", flush=True)
+            print("  syncs in one step:", row["syncs_in_one_step"], flush=True)
             path.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
             torch.cuda.empty_cache()
     print(f"wrote {path}")
