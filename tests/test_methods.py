@@ -192,7 +192,7 @@ def test_fused_sweep_equals_plain_sweep_under_triton_interpreter():
 
 @pytest.mark.parametrize("pattern", [Pattern(sparsity=0.6), Pattern(n=2, m=4), Pattern(sparsity=0.5, wbits=4)])
 def test_lazy_column_groups_equal_the_reference_update_order(pattern):
-    """The grouped option's updates (columns past a group updated once per group) against the
+    """The lazy_columns option's updates (columns past a group updated once per group) against the
     reference order (every later column after every block): the same masks, weights to rounding."""
     from icp.methods.quant import ChannelGrid
     from icp.methods.sparsegpt import InputHessian, sweep_blocks, sweep_columns
@@ -221,7 +221,7 @@ def test_sparsegpt_reports_a_hessian_that_is_not_positive_definite():
 
 
 def test_flip_factor_equals_the_reference_factor():
-    """One factorisation by the flip (the grouped option) gives the reference's upper factor of H^-1."""
+    """One factorisation by the flip (the flip_factor option) gives the reference's upper factor of H^-1."""
     from icp.methods.sparsegpt import InputHessian
 
     g = torch.Generator().manual_seed(5)
@@ -236,25 +236,37 @@ def test_flip_factor_equals_the_reference_factor():
 
 
 @pytest.mark.parametrize("pattern", [Pattern(sparsity=0.5), Pattern(n=2, m=4, wbits=4)])
-def test_grouped_option_prunes_as_the_default_up_to_rounding(pattern):
+def test_lazy_and_flip_options_prune_as_the_default_up_to_rounding(pattern):
     g = torch.Generator().manual_seed(7)
     weight, inputs = torch.randn(32, 1536, generator=g), torch.randn(2, 1024, 1536, generator=g)
     results = {}
-    for grouped in (False, True):
+    for name, options in {"default": {}, "lazy": {"lazy_columns": 512},
+                          "both": {"lazy_columns": 1024, "flip_factor": True}}.items():
         layer = nn.Linear(1536, 32, bias=False)
         layer.weight.data = weight.clone()
-        pruner = make_pruner("sparsegpt", layer, {"grouped": grouped})
+        pruner = make_pruner("sparsegpt", layer, options)
         pruner.add_batch(inputs)
-        results[grouped] = (pruner.prune(pattern).mask, layer.weight.data.clone())
-    assert torch.equal(results[False][0], results[True][0])
-    assert float((results[False][1] - results[True][1]).abs().max()) < 1e-4 * float(weight.abs().max())
+        results[name] = (pruner.prune(pattern).mask, layer.weight.data.clone())
+    for name in ("lazy", "both"):
+        assert torch.equal(results["default"][0], results[name][0])
+        assert float((results["default"][1] - results[name][1]).abs().max()) < 1e-4 * float(weight.abs().max())
+    if not pattern.quantize:  # (quantized weights land on the same grid points)
+        assert not torch.equal(results["default"][1], results["lazy"][1])  # the option did take effect
 
 
-def test_grouped_option_names_its_own_run_and_the_kernel_does_not():
+def test_lazy_columns_auto_is_the_reference_order_off_cuda_and_rejects_a_partial_block():
+    layer = nn.Linear(512, 8, bias=False)
+    assert make_pruner("sparsegpt", layer, {}).group_columns(layer.weight) == 128
+    assert make_pruner("sparsegpt", layer, {"blocksize": 64, "lazy_columns": 256}).group_columns(layer.weight) == 256
+    with pytest.raises(ValueError, match="multiple of blocksize"):
+        make_pruner("sparsegpt", layer, {"lazy_columns": 200})
+
+
+def test_flip_factor_names_its_own_run_and_kernel_and_lazy_columns_do_not():
     from icp.spec import RunSpec
 
     names = {RunSpec("sparsegpt", sparsity=0.5, method_options=options).resume_key().__repr__()
-             for options in ({}, {"kernel": "torch"})}
+             for options in ({}, {"kernel": "torch"}, {"lazy_columns": 1024}, {"kernel": "torch", "lazy_columns": "auto"})}
     assert len(names) == 1
-    grouped = RunSpec("sparsegpt", sparsity=0.5, method_options={"grouped": True}).resume_key()
-    assert repr(grouped) not in names
+    flipped = RunSpec("sparsegpt", sparsity=0.5, method_options={"flip_factor": True}).resume_key()
+    assert repr(flipped) not in names

@@ -73,7 +73,7 @@ class InputHessian:
         Computed once; later callers (the other linears of the group) get the same factor. Nothing
         here reads back to the host (no boolean indexing, `cholesky_ex`): on CUDA the host runs on
         to queue the sweeps; a failed factorisation is raised by `check_factor` after them.
-        `by_flip` (the `grouped` option) reaches the same factor with one Cholesky factorisation and one
+        `by_flip` (the `flip_factor` option) reaches the same factor with one Cholesky factorisation and one
         triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse`)."""
         if self._factor is None:
             hessian, self.matrix = self.matrix, None
@@ -164,24 +164,36 @@ def sweep_columns(
 class SparseGPTPruner(LayerPruner):
     """`kernel`: "auto" (the Triton sweep on CUDA when Triton imports, else torch), "triton" or "torch".
 
-    `grouped` (off by default; issue #30): one Cholesky factorisation by the flip instead of two and
-    an inversion (`InputHessian.inverse_factor(by_flip=True)`), and the columns past each group of
-    LAZY_GROUP_COLUMNS updated by one product per group (`sweep_blocks`). The same weights up to
-    rounding on the CPU (tested); on an H100 it was 1.4x faster for OPT-6.7B but its masks and
-    outputs did not yet meet the fast-path bar against the plain sweep (benchmarks/gpu_checks.py),
-    so it stays opt-in and, changing roundings, is part of the run's hash when set."""
+    `lazy_columns`: the columns after each group of this many are updated once per group, by one
+    product with all the group's errors (`sweep_blocks`), instead of after every `blocksize` block.
+    The same sums grouped differently: masks equal and weights equal up to fp32 rounding (tested on
+    the CPU; `benchmarks/gpu_checks.py` on a GPU), and far fewer, larger fp32 products. "auto" is
+    LAZY_GROUP_COLUMNS on CUDA and `blocksize` (the reference order, bit for bit) elsewhere.
+
+    `flip_factor` (off by default; issue #30): one Cholesky factorisation by the flip instead of
+    two and an inversion (`InputHessian.inverse_factor(by_flip=True)`). Its factor is as close to
+    a float64 one as the reference's, but rounded differently, and SparseGPT's mask choices amplify
+    any rounding: on correlated 4096-wide inputs 3e-4 of the mask and 8e-3 of the output move,
+    exactly as far as the fp32 reference itself sits from a float64 run. So it is opt-in and part of
+    the run's hash."""
 
     shares_statistics = True
 
     def __init__(self, layer: nn.Linear, blocksize: int = 128, percdamp: float = 0.01, kernel: str = "auto",
-                 grouped: bool = False, shared_with: "SparseGPTPruner | None" = None) -> None:
+                 lazy_columns: int | str = "auto", flip_factor: bool = False,
+                 shared_with: "SparseGPTPruner | None" = None) -> None:
         super().__init__(layer)
         if kernel not in KERNELS:
             raise ValueError(f"SparseGPT kernel must be one of {KERNELS}, got {kernel!r}")
+        if lazy_columns != "auto" and not (isinstance(lazy_columns, int) and lazy_columns >= blocksize
+                                           and lazy_columns % blocksize == 0):
+            raise ValueError(f"SparseGPT lazy_columns must be 'auto' or a multiple of blocksize ({blocksize}), "
+                             f"got {lazy_columns!r}")
         self.blocksize = blocksize
         self.percdamp = percdamp
         self.kernel = kernel
-        self.grouped = bool(grouped)
+        self.lazy_columns = lazy_columns
+        self.flip_factor = bool(flip_factor)
         self.feeds_hessian = shared_with is None  # a shared Hessian is fed by the group's first linear
         self.hessian = shared_with.hessian if shared_with else InputHessian(self.columns, layer.weight.device)
         self.hessian.users += 1
@@ -205,24 +217,28 @@ class SparseGPTPruner(LayerPruner):
         dtype = self.layer.weight.dtype
         weight = self.layer.weight.data.clone().float()
         fused = self.use_triton(weight, pattern)
-        hinv, dead = self.hessian.inverse_factor(self.percdamp, by_flip=self.grouped)
+        hinv, dead = self.hessian.inverse_factor(self.percdamp, by_flip=self.flip_factor)
         weight.masked_fill_(dead.unsqueeze(0), 0.0)
         grid = ChannelGrid.fit(weight, pattern.wbits) if pattern.quantize else None
         if fused:
             from .kernels.obs_sweep import sweep_columns as sweep
         else:
             sweep = sweep_columns
-        mask = sweep_blocks(weight, hinv, pattern, grid, sweep, self.blocksize,
-                            LAZY_GROUP_COLUMNS if self.grouped else self.blocksize)
+        mask = sweep_blocks(weight, hinv, pattern, grid, sweep, self.blocksize, self.group_columns(weight))
         self.hessian.check_factor()
         self.hessian.done()
         self.layer.weight.data = weight.to(dtype)
         return PruneResult(mask=mask, grid=grid)
 
+    def group_columns(self, weight: torch.Tensor) -> int:
+        if self.lazy_columns != "auto":
+            return int(self.lazy_columns)
+        return max(LAZY_GROUP_COLUMNS - LAZY_GROUP_COLUMNS % self.blocksize, self.blocksize) if weight.is_cuda else self.blocksize
 
-# Columns per lazy group with `grouped`: the update of the columns after a group is one product
-# with an inner dimension of this size, instead of one per 128-column block (which runs the fp32
-# GEMM units at a fraction of their rate).
+
+# Columns per lazy group on CUDA (`lazy_columns="auto"`): the update of the columns after a group
+# is one product with an inner dimension of this size, instead of one per 128-column block (which
+# runs the fp32 GEMM units at a fraction of their rate).
 LAZY_GROUP_COLUMNS = 1024
 
 
