@@ -105,3 +105,76 @@ def test_input_compensation_folds_on_scaled_and_plain_embeddings(family, tokeniz
     fold_into_embeddings(model, adapter, pool)
     with torch.no_grad():
         torch.testing.assert_close(model(ids, use_cache=False).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+class _BatchRunner:
+    """BlockRunner.forward's batching, without a checkpoint: what `statistics_pass` drives."""
+
+    batch_size = 2
+
+    def __init__(self, adapter, kwargs):
+        self.adapter, self.kwargs = adapter, kwargs
+
+    @torch.no_grad()
+    def forward(self, block, hidden, index, keep_output=True):
+        for start in range(0, hidden.shape[0], self.batch_size):
+            self.adapter.run_block(block, hidden[start : start + self.batch_size], self.kwargs)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "llama"])
+def test_statistics_pass_skips_the_last_product_and_keeps_the_statistics(family, tokenizer, monkeypatch):
+    """The engine's statistics pass runs the block's last linear for the first batch only, yet every
+    pruner's statistics (SparseGPT's Hessians, Wanda's norms) equal a plain pass's bit for bit."""
+    from icp.engine import statistics_pass
+    from icp.methods import make_pruners
+
+    model = build(family, tokenizer)
+    adapter = adapter_for(family)
+    hidden = block0_inputs(model, adapter, windows(tokenizer, 6, seed=2))
+    block = adapter.blocks(model)[0]
+    runner = _BatchRunner(adapter, adapter.block_kwargs(model.config, 0, SEQLEN, torch.device("cpu"), torch.float32))
+    linears = adapter.prunable_linears(block)
+    stats = {}
+    for way in ("plain", "pass"):
+        pruners = {m: make_pruners(m, linears, {}, adapter.shared_inputs) for m in ("sparsegpt", "wanda")}
+        both = {name: [pruners["sparsegpt"][name], pruners["wanda"][name]] for name in linears}
+        if way == "plain":
+            def feed(_m, args, _o, ps):
+                for p in ps:
+                    p.add_batch(args[0])
+
+            hooks = [linear.register_forward_hook(lambda m, a, o, ps=both[name]: feed(m, a, o, ps))
+                     for name, linear in linears.items()]
+            runner.forward(block, hidden, 0)
+            for h in hooks:
+                h.remove()
+        else:
+            calls = {}
+            real = torch.nn.functional.linear
+
+            def counting(x, weight, bias=None):
+                calls[weight.data_ptr()] = calls.get(weight.data_ptr(), 0) + 1
+                return real(x, weight, bias)
+
+            monkeypatch.setattr(torch.nn.functional, "linear", counting)
+
+            class Fan:  # one pruner slot that feeds both methods
+                def __init__(self, ps):
+                    self.ps = ps
+
+                def add_batch(self, x):
+                    for p in self.ps:
+                        p.add_batch(x)
+
+            statistics_pass(runner, block, 0, hidden, linears, {name: Fan(ps) for name, ps in both.items()})
+            monkeypatch.undo()
+            counts = {name: calls.get(linear.weight.data_ptr(), 0) for name, linear in linears.items()}
+            assert sorted(counts.values())[0] == 1 and sorted(counts.values())[1] == 3, counts  # one linear skipped twice
+            assert all("forward" not in vars(linear) for linear in linears.values())  # restored
+        stats[way] = {name: (ps[0].hessian.matrix.clone() if ps[0].feeds_hessian else None,
+                             ps[1].norms.squared.clone() if ps[1].feeds_norms else None) for name, ps in both.items()}
+    for name in linears:
+        for plain, fast in zip(stats["plain"][name], stats["pass"][name]):
+            assert (plain is None) == (fast is None)
+            if plain is not None:
+                assert torch.equal(plain, fast), name
