@@ -275,8 +275,8 @@ def sweep_blocks(weight: torch.Tensor, hinv: torch.Tensor, pattern: Pattern, gri
                 weight[:, end:] -= errors @ hinv[start:end, end:]
                 continue
             group_errors[:, start - group_start : end - group_start] = errors
-            if end < group_end:
-                weight[:, end:group_end] -= errors @ hinv[start:end, end:group_end]
+            if end < group_end:  # in place, the product's epilogue does the subtraction (no temporary)
+                weight[:, end:group_end].addmm_(errors, hinv[start:end, end:group_end], alpha=-1.0)
         if lazy and group_end < columns:
             weight[:, group_end:].addmm_(group_errors, hinv[group_start:group_end, group_end:], alpha=-1.0)
     return mask
