@@ -43,13 +43,12 @@ def prune(model_dir, spec, x0_path, out, device, offload=False):
 
 
 def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
-    """SparseGPT's fast paths against the plain one on layer shapes of OPT-6.7B / Llama-2-7B, fp16
-    weights and correlated fp16 inputs: the fused sweep (reference update order) equal to the plain
-    one bit for bit; the default (fused, lazy updates grouped by 1024 columns) within the fast-path
-    bar (masks equal but for 1e-4 near-ties, layer outputs within 1e-3); the half-precision Hessian
-    product against an fp32 one. The opt-in flip factor is judged against a float64 sweep beside the
-    plain one, not asserted: returns the cases where it strayed further from float64 than the plain
-    fp32 path (by more than half as much again)."""
+    """SparseGPT's fast path against the plain one on layer shapes of OPT-6.7B / Llama-2-7B, fp16
+    weights and correlated fp16 inputs: the fused sweep (the default on CUDA) equal to the plain one
+    bit for bit; the half-precision Hessian product against an fp32 one. The opt-in lazy update
+    groups and flip factor are reported against the plain path and judged by their distance to a
+    float64 sweep beside the plain path's, not asserted: returns the cases where one strayed further
+    from float64 than the plain fp32 path (by more than half as much again)."""
     from torch import nn
 
     from icp.methods import make_pruner
@@ -58,7 +57,7 @@ def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
     from icp.methods.wanda import FeatureNorms
 
     g = torch.Generator(device="cuda").manual_seed(0)
-    flip_failures = []
+    opt_in_failures = []
     for rows, cols in ((4096, 4096), (11008, 4096), (4096, 11008)):
         mixing = torch.eye(cols, device="cuda") + 0.05 * torch.randn(cols, cols, device="cuda", generator=g)
         scales = torch.rand(cols, device="cuda", generator=g) * 2 + 0.1
@@ -81,8 +80,8 @@ def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
 
         for pattern in (Pattern(sparsity=0.5), Pattern(n=2, m=4), Pattern(n=2, m=4, wbits=4), Pattern(sparsity=0.7, wbits=3)):
             outputs, masks, seconds = {}, {}, {}
-            variants = {"torch": {"kernel": "torch", "lazy_columns": 128}, "fused": {"kernel": "triton", "lazy_columns": 128},
-                        "default": {}, "flip": {"flip_factor": True}}
+            variants = {"torch": {"kernel": "torch"}, "fused": {"kernel": "triton"},
+                        "lazy": {"lazy_columns": 1024}, "flip": {"flip_factor": True}}
             for name, options in variants.items():
                 layer = nn.Linear(cols, rows, bias=False, device="cuda", dtype=torch.float16)
                 layer.weight.data = weight.clone()
@@ -97,21 +96,20 @@ def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
                 outputs[name] = (held_out @ layer.weight.t()).float()
             apart = {name: (float((masks["torch"] != masks[name]).float().mean()),
                             float((outputs[name] - outputs["torch"]).norm() / outputs["torch"].norm()))
-                     for name in ("fused", "default", "flip")}
+                     for name in ("fused", "lazy", "flip")}
             print(f"ok sparsegpt fast paths {rows}x{cols} {pattern}: "
                   + "; ".join(f"{name} mask mismatch {m:.2e}, output rel. error {r:.2e}" for name, (m, r) in apart.items())
                   + f"; Hessian rel. error {hessian_err:.1e}, Wanda norms rel. error {norms_err:.1e}; prune "
                   + ", ".join(f"{name} {t:.3f} s" for name, t in seconds.items()), flush=True)
-            assert apart["fused"] == (0.0, apart["fused"][1]) and apart["fused"][1] < 1e-6, ("fused", rows, cols, pattern, apart)
-            assert apart["default"][0] <= 1e-4 and apart["default"][1] < 1e-3, ("default", rows, cols, pattern, apart)
-            if not pattern.quantize:  # the opt-in flip factor, judged by its distance to a float64 sweep
+            assert apart["fused"][0] == 0 and apart["fused"][1] < 1e-6, ("fused", rows, cols, pattern, apart)  # no FMA: same roundings
+            if not pattern.quantize:  # the opt-in paths, judged by their distance to a float64 sweep
                 reference = fp64_outputs(x, held_out, weight, pattern)
-                to_fp64 = {k: float((outputs[k] - reference).norm() / reference.norm()) for k in ("torch", "default", "flip")}
-                verdict = "ok" if to_fp64["flip"] <= 1.5 * to_fp64["torch"] else "FAIL"
-                print(f"{verdict} sparsegpt flip factor (opt-in) {rows}x{cols} {pattern}: distance to fp64: "
+                to_fp64 = {k: float((outputs[k] - reference).norm() / reference.norm()) for k in ("torch", "lazy", "flip")}
+                verdict = "ok" if max(to_fp64["lazy"], to_fp64["flip"]) <= 1.5 * to_fp64["torch"] else "FAIL"
+                print(f"{verdict} sparsegpt opt-in paths {rows}x{cols} {pattern}: distance to fp64: "
                       + ", ".join(f"{k} {v:.2e}" for k, v in to_fp64.items()), flush=True)
-                flip_failures += [] if verdict == "ok" else [(rows, cols, str(pattern))]
-    return flip_failures
+                opt_in_failures += [] if verdict == "ok" else [(rows, cols, str(pattern))]
+    return opt_in_failures
 
 
 def fp64_outputs(x, held_out, weight, pattern):
@@ -132,7 +130,7 @@ def fp64_outputs(x, held_out, weight, pattern):
 
 def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device"
-    flip_failures = check_sparsegpt_fast_path()
+    opt_in_failures = check_sparsegpt_fast_path()
     check_sliding_window_families()
     root = Path(tempfile.mkdtemp())
     text = generated_text()
@@ -177,8 +175,8 @@ def main() -> None:
             print(f"ok {family} {dtype}: dense ppl {full:.3f} (block-wise {blockwise:.3f}), ICP 60% ppl {icp_ppl:.3f}, "
                   f"measured sparsity {zeros / total:.4f}", flush=True)
     check_sam(root / "sam")
-    if flip_failures:
-        sys.exit(f"the opt-in flip factor strayed further from float64 than the plain path on {flip_failures}")
+    if opt_in_failures:
+        sys.exit(f"an opt-in SparseGPT path strayed further from float64 than the plain path on {opt_in_failures}")
     print("all GPU checks passed")
 
 

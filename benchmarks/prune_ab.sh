@@ -6,7 +6,7 @@
 #
 # Each tree times Wanda, SparseGPT and ICP with the streams on the GPU and ICP with the streams in
 # host memory (4 blocks after an untimed warm-up block, scaled to the whole model); this tree also
-# times other SparseGPT paths beside the default (NEW_PATHS, default "torch fused auto flip"; see
+# times other SparseGPT paths beside the default (NEW_PATHS, default "torch auto lazy flip"; see
 # prune_benchmark.sweep_options). Files: OUT_DIR/prune_benchmark{,_offload}_{old,new}.{json,md}.
 set -euo pipefail
 old=$(realpath "${1:?OLD_ROOT}"); out=${2:?OUT_DIR}; shift 2
@@ -18,7 +18,7 @@ bench() {  # code_root tag extra-args...
         --models "${models[@]}" --max-blocks 4 --out "$out" --tag "$tag" "$@" | grep -v '^{'
 }
 bench "$old" old --methods wanda sparsegpt icp --paths auto
-read -r -a paths <<< "${NEW_PATHS:-torch fused auto flip}"
+read -r -a paths <<< "${NEW_PATHS:-torch auto lazy flip}"
 bench "$here" new --methods wanda sparsegpt icp --paths "${paths[@]}"
 bench "$old" old --methods icp --paths auto --offload
 bench "$here" new --methods icp --paths ${paths[@]/torch} --offload

@@ -70,12 +70,11 @@ class RandomBlocks:
 
 
 def sweep_options(path: str) -> dict:
-    """SparseGPT options of a benchmark path: torch (the plain sweep, reference update order),
-    fused (the Triton sweep, reference order), auto (the default: fused, lazy updates grouped by
-    1024 columns), flip (auto with the opt-in one-factorisation inverse)."""
-    return {"torch": {"kernel": "torch", "lazy_columns": 128}, "fused": {"kernel": "auto", "lazy_columns": 128},
-            "auto": {"kernel": "auto"}, "triton": {"kernel": "triton"},
-            "flip": {"kernel": "auto", "flip_factor": True}}[path]
+    """SparseGPT options of a benchmark path: torch (the plain sweep), auto (the default: the fused
+    sweep on CUDA), triton (fused, required), lazy (auto + the opt-in lazy update groups of 1024
+    columns), flip (auto + the opt-in one-factorisation inverse)."""
+    return {"torch": {"kernel": "torch"}, "auto": {"kernel": "auto"}, "triton": {"kernel": "triton"},
+            "lazy": {"kernel": "auto", "lazy_columns": 1024}, "flip": {"kernel": "auto", "flip_factor": True}}[path]
 
 
 def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
@@ -146,8 +145,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--compensation-batch", type=int, default=8, help="ICP samples per compensation step")
     parser.add_argument("--paths", nargs="+", default=["torch", "auto"],
-                        choices=["torch", "fused", "auto", "triton", "flip"],
-                        help="SparseGPT paths to compare (see sweep_options): torch, fused, auto (the default), triton, flip")
+                        choices=["torch", "auto", "triton", "lazy", "flip"],
+                        help="SparseGPT paths to compare (see sweep_options): torch, auto (the default), triton, lazy, flip")
     args = parser.parse_args()
     rows = []
     for name in args.models:
@@ -168,9 +167,8 @@ def main() -> None:
     (out / f"prune_benchmark{suffix}.json").write_text(json.dumps(rows, indent=1))
     lines = ["| model | method | SparseGPT sweep | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |",
              "|---|---|---|---|---|---|---|"]
-    names = {"torch": "plain (torch)", "fused": "fused (Triton), reference update order",
-             "auto": "default (fused, lazy groups on CUDA)", "triton": "fused (Triton)",
-             "flip": "default + flip factor (opt-in)", "-": "-"}
+    names = {"torch": "plain (torch)", "auto": "fused (Triton)", "triton": "fused (Triton)",
+             "lazy": "fused + lazy groups (opt-in)", "flip": "fused + flip factor (opt-in)", "-": "-"}
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {names[r['path']]} | {r['seconds_full_model']:.0f} | "
                      f"{r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")

@@ -683,8 +683,8 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
                 raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
     check_ablations(config, shapes_for)
     sparsegpt = (config.get("methods") or {}).get("sparsegpt") or {}
-    lazy, blocksize = sparsegpt.get("lazy_columns", "auto"), sparsegpt.get("blocksize", 128)
-    if lazy != "auto" and lazy % blocksize:
+    lazy, blocksize = sparsegpt.get("lazy_columns"), sparsegpt.get("blocksize", 128)
+    if lazy is not None and lazy % blocksize:
         raise ValueError(f"methods.sparsegpt.lazy_columns: {lazy} is not a multiple of blocksize ({blocksize})")
     inf = config.get("inference")
     if inf:

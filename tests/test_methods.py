@@ -254,19 +254,18 @@ def test_lazy_and_flip_options_prune_as_the_default_up_to_rounding(pattern):
         assert not torch.equal(results["default"][1], results["lazy"][1])  # the option did take effect
 
 
-def test_lazy_columns_auto_is_the_reference_order_off_cuda_and_rejects_a_partial_block():
+def test_lazy_columns_must_hold_whole_blocks():
     layer = nn.Linear(512, 8, bias=False)
-    assert make_pruner("sparsegpt", layer, {}).group_columns(layer.weight) == 128
-    assert make_pruner("sparsegpt", layer, {"blocksize": 64, "lazy_columns": 256}).group_columns(layer.weight) == 256
+    make_pruner("sparsegpt", layer, {"blocksize": 64, "lazy_columns": 256})
     with pytest.raises(ValueError, match="multiple of blocksize"):
         make_pruner("sparsegpt", layer, {"lazy_columns": 200})
 
 
-def test_flip_factor_names_its_own_run_and_kernel_and_lazy_columns_do_not():
+def test_lazy_columns_and_flip_factor_name_their_own_runs_and_the_kernel_does_not():
     from icp.spec import RunSpec
 
     names = {RunSpec("sparsegpt", sparsity=0.5, method_options=options).resume_key().__repr__()
-             for options in ({}, {"kernel": "torch"}, {"lazy_columns": 1024}, {"kernel": "torch", "lazy_columns": "auto"})}
+             for options in ({}, {"kernel": "torch"})}
     assert len(names) == 1
-    flipped = RunSpec("sparsegpt", sparsity=0.5, method_options={"flip_factor": True}).resume_key()
-    assert repr(flipped) not in names
+    for options in ({"flip_factor": True}, {"lazy_columns": 1024}):
+        assert repr(RunSpec("sparsegpt", sparsity=0.5, method_options=options).resume_key()) not in names
