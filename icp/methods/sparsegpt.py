@@ -89,6 +89,7 @@ class InputHessian:
                 inverse = torch.cholesky_inverse(factor)
                 del factor
                 upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
+                del inverse  # before the row-major copy below: two n x n matrices at a time, not three
                 self._info = info + info_inverse
             self._factor = (upper.contiguous(), dead)  # row-major: rows are read
             if not upper.is_cuda:
