@@ -14,7 +14,6 @@ Only the blocks of the current window and the streams live on the compute device
 from __future__ import annotations
 
 import functools
-
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
