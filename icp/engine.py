@@ -262,13 +262,16 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
     pruners = make_pruners(plan.method, linears, plan.method_options, runner.adapter.shared_inputs)
     if any(p.needs_inputs for p in pruners.values()):
         statistics_pass(runner, block, index, inputs, linears, pruners)
-    layers = {}
+    layers, reached = {}, {}
     for name, pruner in pruners.items():
         pattern = plan.sparsity[index][name]
         result = pruner.prune(pattern)
-        layers[name] = {"target": pattern.target_sparsity, "sparsity": result.sparsity, "numel": result.mask.numel()}
+        reached[name] = result.mask.float().mean()  # read below, once: no host sync between layers
+        layers[name] = {"target": pattern.target_sparsity, "sparsity": None, "numel": result.mask.numel()}
         if result.grid is not None:
             layers[name]["grid"] = result.grid.to_dict()
+    for name, fraction in reached.items():
+        layers[name]["sparsity"] = float(fraction)
     return layers
 
 
