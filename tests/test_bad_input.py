@@ -87,6 +87,15 @@ def test_icp_settings_are_checked_at_the_dry_run():
         X.check_config(config)
 
 
+def test_sparsegpt_lazy_columns_that_split_a_block_are_named_at_the_dry_run():
+    config = lm_config()
+    config["methods"]["sparsegpt"] = {"blocksize": 128, "lazy_columns": 200}
+    with pytest.raises(ValueError, match="methods.sparsegpt.lazy_columns: 200 is not a multiple of blocksize"):
+        X.check_config(config)
+    config["methods"]["sparsegpt"]["lazy_columns"] = 1024
+    X.check_config(config)
+
+
 def test_icp_alpha_beta_checked_against_real_shapes_when_known(tiny_dirs):
     """beta 1.9 at 50 % keeps q/k/v below 100 % but pushes fc2 below 0: only the shapes tell."""
     from icp.engine import layer_shapes
