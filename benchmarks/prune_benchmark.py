@@ -69,12 +69,15 @@ class RandomBlocks:
         return {k: v.to(self.dtype).cpu() for k, v in block.state_dict().items()}
 
 
+# SparseGPT options of each benchmark path: torch (the plain sweep), auto (the default: the fused
+# sweep on CUDA), triton (fused, required), lazy (auto + the opt-in lazy update groups of 1024
+# columns), flip (auto + the opt-in one-factorisation inverse).
+SWEEP_PATHS = {"torch": {"kernel": "torch"}, "auto": {"kernel": "auto"}, "triton": {"kernel": "triton"},
+               "lazy": {"kernel": "auto", "lazy_columns": 1024}, "flip": {"kernel": "auto", "flip_factor": True}}
+
+
 def sweep_options(path: str) -> dict:
-    """SparseGPT options of a benchmark path: torch (the plain sweep), auto (the default: the fused
-    sweep on CUDA), triton (fused, required), lazy (auto + the opt-in lazy update groups of 1024
-    columns), flip (auto + the opt-in one-factorisation inverse)."""
-    return {"torch": {"kernel": "torch"}, "auto": {"kernel": "auto"}, "triton": {"kernel": "triton"},
-            "lazy": {"kernel": "auto", "lazy_columns": 1024}, "flip": {"kernel": "auto", "flip_factor": True}}[path]
+    return dict(SWEEP_PATHS[path])
 
 
 def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
@@ -145,8 +148,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--compensation-batch", type=int, default=8, help="ICP samples per compensation step")
     parser.add_argument("--paths", nargs="+", default=["torch", "auto"],
-                        choices=["torch", "auto", "triton", "lazy", "flip"],
-                        help="SparseGPT paths to compare (see sweep_options): torch, auto (the default), triton, lazy, flip")
+                        choices=list(SWEEP_PATHS),
+                        help="SparseGPT paths to compare (SWEEP_PATHS): torch, auto (the default), triton, lazy, flip")
     args = parser.parse_args()
     rows = []
     for name in args.models:

@@ -2,7 +2,7 @@
 
 SmolLM2-135M (30 blocks; or `--source` another offline model, e.g. Gemma-3-270M), 32 x 512
 calibration tokens from the offline Wiki calibration articles, perplexity over the held-out
-articles. For each pattern, SparseGPT prunes the whole model once per path (`prune_benchmark.sweep_options`:
+articles. For each pattern, SparseGPT prunes the whole model once per path (`prune_benchmark.SWEEP_PATHS`:
 torch = the plain sweep, auto = the default (the fused Triton sweep), lazy and flip = the opt-in
 lazy update groups and flip factor); prints time (the whole block walk)
 and perplexity side by side and writes JSON. With `--repeat 2` every path runs twice and the
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from prune_benchmark import sweep_options
+from prune_benchmark import SWEEP_PATHS, sweep_options
 
 from icp.activations import block0_inputs
 from icp.checkpoint import assemble
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="h100")
     parser.add_argument("--source", default=SOURCE)
-    parser.add_argument("--paths", nargs="+", default=["torch", "auto", "lazy", "flip"])
+    parser.add_argument("--paths", nargs="+", default=["torch", "auto", "lazy", "flip"], choices=list(SWEEP_PATHS))
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())

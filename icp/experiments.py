@@ -682,10 +682,13 @@ def check_config(config: dict[str, Any], shapes_for: Callable[[str], Any] | None
             if not 0 < float(s) < 1:
                 raise ValueError(f"tables.{table}.sparsities: {s} is outside (0, 1)")
     check_ablations(config, shapes_for)
+    from .methods.sparsegpt import check_lazy_columns
+
     sparsegpt = (config.get("methods") or {}).get("sparsegpt") or {}
-    lazy, blocksize = sparsegpt.get("lazy_columns"), sparsegpt.get("blocksize", 128)
-    if lazy is not None and lazy % blocksize:
-        raise ValueError(f"methods.sparsegpt.lazy_columns: {lazy} is not a multiple of blocksize ({blocksize})")
+    try:
+        check_lazy_columns(sparsegpt.get("lazy_columns"), sparsegpt.get("blocksize", 128))
+    except ValueError as err:
+        raise ValueError(f"methods.sparsegpt.{err}") from None
     inf = config.get("inference")
     if inf:
         if inf["model"] not in config["models"] or is_sam(config, inf["model"]):

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..spec import InputCompensationSettings
+from .compensation import device_batches
 
 POOL_FILE = "ic_pool.safetensors"  # a compensated run's pool, beside its weights
 
@@ -162,12 +163,11 @@ def train_input_compensation(
         optimizer.load_state_dict(saved["optimizer"])
         record, start_epoch = saved["record"], saved["epoch"]
         log(f"resuming input compensation after epoch {start_epoch}/{settings.epochs}")
-    on_cuda = torch.device(device).type == "cuda"
+    target_device = torch.device(device)
+    on_cuda = target_device.type == "cuda"
     use_amp = settings.amp and on_cuda
     step = start_epoch * steps_per_epoch
-    from .compensation import device_batches
-
-    input_batches, target_batches = device_batches(tokens, torch.device(device)), device_batches(targets, torch.device(device))
+    input_batches, target_batches = device_batches(tokens, target_device), device_batches(targets, target_device)
     with pool_applied(embedding, pool), checkpointed(adapter.blocks(model), settings.checkpoint_blocks and on_cuda):
         for epoch in range(start_epoch, settings.epochs):
             started = time.perf_counter()

@@ -187,9 +187,7 @@ class SparseGPTPruner(LayerPruner):
         super().__init__(layer)
         if kernel not in KERNELS:
             raise ValueError(f"SparseGPT kernel must be one of {KERNELS}, got {kernel!r}")
-        if lazy_columns is not None and not (isinstance(lazy_columns, int) and lazy_columns >= blocksize
-                                             and lazy_columns % blocksize == 0):
-            raise ValueError(f"SparseGPT lazy_columns must be a multiple of blocksize ({blocksize}), got {lazy_columns!r}")
+        check_lazy_columns(lazy_columns, blocksize)
         self.blocksize = blocksize
         self.percdamp = percdamp
         self.kernel = kernel
@@ -230,6 +228,13 @@ class SparseGPTPruner(LayerPruner):
         self.hessian.done()
         self.layer.weight.data = weight.to(dtype)
         return PruneResult(mask=mask, grid=grid)
+
+
+def check_lazy_columns(lazy_columns: int | None, blocksize: int) -> None:
+    """`lazy_columns` must hold whole column blocks (None: the reference order)."""
+    if lazy_columns is not None and not (isinstance(lazy_columns, int) and lazy_columns >= blocksize
+                                         and lazy_columns % blocksize == 0):
+        raise ValueError(f"lazy_columns: {lazy_columns!r} is not a multiple of blocksize ({blocksize})")
 
 
 def sweep_blocks(weight: torch.Tensor, hinv: torch.Tensor, pattern: Pattern, grid: ChannelGrid | None,
