@@ -8,8 +8,10 @@ wall time per block; the GPU's busy time (the union of its kernel and copy inter
 overlapping streams are not counted twice) and what is left, the host gaps; kernel time by kind
 (GEMM, attention, factorisation and triangular solves, the Triton sweep, copies, the rest); the
 20 costliest kernels; and, from one more step under `torch.cuda.set_sync_debug_mode("warn")`,
-every host-device synchronisation by the line of ours that asked for it (host gaps start there).
-Writes profile_block_<gpu>.json (and the profiler's own table as .txt).
+every host-device synchronisation by the line of ours that asked for it (host gaps start there);
+and, from one more step with the device synchronised at every phase boundary, the time of each phase
+(statistics pass, factorisation, sweeps, forwards, compensation, ...), each counted exclusive of the
+phases it calls. Writes profile_block_<gpu>.json (and the profiler's own table as .txt).
 """
 
 from __future__ import annotations
@@ -83,6 +85,70 @@ def sync_points(step) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+PHASES = (  # (module, class or None, attribute, phase): timed exclusive of the phases inside them
+    ("icp.engine", None, "prune_block", "pruning"),
+    ("icp.engine", None, "advance", "streams onward"),
+    ("icp.engine", None, "statistics_pass", "statistics pass"),
+    ("icp.engine", "BlockRunner", "forward", "block forward"),
+    ("icp.engine", "BlockRunner", "load", "block load"),
+    ("icp.engine", None, "compensate", "compensation (training)"),
+    ("icp.engine", None, "_finished_state", "copy out the finished block"),
+    ("icp.methods.sparsegpt", "InputHessian", "inverse_factor", "H^-1 factorisation"),
+    ("icp.methods.sparsegpt", None, "sweep_blocks", "sweeps and updates"),
+    ("icp.methods.sparsegpt", "InputHessian", "add_batch", "Hessian GEMMs"),
+    ("icp.methods.wanda", "FeatureNorms", "add_batch", "Wanda norms"),
+)
+
+
+def phase_seconds(step) -> dict[str, float]:
+    """Seconds of `step()` per engine phase, the device synchronised at every boundary (so no
+    overlap across phases: a diagnostic of where the work is, not of the pipelined wall time).
+    A phase inside another is named by its path ("pruning / statistics pass / block forward"); each
+    counts its own time only."""
+    import importlib
+
+    totals: Counter[str] = Counter()
+    stack: list[list] = []  # [path, started]
+
+    def wrap(original, phase):
+        def timed(*args, **kwargs):
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            if stack:
+                totals[stack[-1][0]] += now - stack[-1][1]
+            stack.append([f"{stack[-1][0]} / {phase}" if stack else phase, now])
+            try:
+                return original(*args, **kwargs)
+            finally:
+                torch.cuda.synchronize()
+                now = time.perf_counter()
+                path, since = stack.pop()
+                totals[path] += now - since
+                if stack:
+                    stack[-1][1] = now
+        return timed
+
+    patched = []
+    for module, owner, attribute, phase in PHASES:
+        target = importlib.import_module(module)
+        if owner:
+            target = getattr(target, owner)
+        original = getattr(target, attribute)
+        patched.append((target, attribute, original))
+        setattr(target, attribute, wrap(original, phase))
+    try:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    finally:
+        for target, attribute, original in patched:
+            setattr(target, attribute, original)
+    totals["rest (host work between phases)"] = wall - sum(totals.values())
+    return {"wall": wall, **dict(totals.most_common())}
+
+
 def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str) -> dict:
     runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks)
     pending = None
@@ -101,6 +167,10 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
         syncs = sync_points(one_more)
     except Exception as error:  # the census is a diagnostic: it never costs the profile
         syncs = {"census failed": 1, repr(error)[:200]: 1}
+    try:
+        phases = phase_seconds(one_more)
+    except Exception as error:
+        phases = {"phases failed": repr(error)[:200]}
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     by_kind: dict[str, float] = {}
     by_kernel: dict[str, list[float]] = {}
@@ -124,6 +194,7 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
         "top_kernels": [{"name": n[:160], "kind": kind_of(n), "seconds_per_block": s / blocks, "calls_per_block": c / blocks}
                         for n, (s, c) in top],
         "syncs_in_one_step": syncs,
+        "seconds_by_phase_in_one_synchronised_step": phases,
         "note": "profiler overhead included in the wall time; kernel times by kind may overlap across streams",
     }
 
@@ -150,6 +221,8 @@ def main() -> None:
             print(f"{name} {method}: {row['wall_per_block_s']:.2f} s/block, GPU busy {row['gpu_busy_per_block_s']:.2f}, "
                   f"gaps {row['host_gap_per_block_s']:.2f}; {kinds}", flush=True)
             print("  syncs in one step:", row["syncs_in_one_step"], flush=True)
+            print("  phases (synchronised step):", {k: round(v, 3) if isinstance(v, float) else v
+                                                   for k, v in row["seconds_by_phase_in_one_synchronised_step"].items()}, flush=True)
             path.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
             torch.cuda.empty_cache()
     print(f"wrote {path}")
