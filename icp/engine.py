@@ -262,6 +262,8 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
     pruners = make_pruners(plan.method, linears, plan.method_options, runner.adapter.shared_inputs)
     if any(p.needs_inputs for p in pruners.values()):
         statistics_pass(runner, block, index, inputs, linears, pruners)
+    for pruner in pruners.values():
+        pruner.start()
     layers, reached = {}, {}
     for name, pruner in pruners.items():
         pattern = plan.sparsity[index][name]
@@ -270,6 +272,8 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
         layers[name] = {"target": pattern.target_sparsity, "sparsity": None, "numel": result.mask.numel()}
         if result.grid is not None:
             layers[name]["grid"] = result.grid.to_dict()
+    for pruner in pruners.values():
+        pruner.finish()
     for name, fraction in reached.items():
         layers[name]["sparsity"] = float(fraction)
     return layers
