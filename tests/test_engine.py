@@ -196,3 +196,75 @@ def test_large_vocabulary_nll_is_summed_a_few_windows_at_a_time(monkeypatch):
     assert abs(float(chunked) - float(whole)) <= 1e-5 * float(whole)
     monkeypatch.setattr(ppl, "NLL_CHUNK_ELEMENTS", 1)  # one window at a time
     assert abs(float(ppl._window_nll(logits, windows)) - float(whole)) <= 1e-5 * float(whole)
+
+
+def test_prune_block_starts_every_pruner_before_the_first_prune_and_finishes_after_the_last(monkeypatch):
+    """The protocol SparseGPT's side-stream factorisation relies on: `start` on every pruner once the
+    statistics are in, then each `prune`, then `finish` on every pruner (its deferred checks)."""
+    from torch import nn
+
+    import icp.engine as engine
+    from icp.methods.base import LayerPruner, PruneResult
+    from icp.pattern import Pattern
+
+    calls = []
+
+    class Recording(LayerPruner):
+        needs_inputs = False
+
+        def start(self):
+            calls.append(("start", self.layer))
+
+        def prune(self, pattern):
+            calls.append(("prune", self.layer))
+            return PruneResult(mask=torch.zeros_like(self.layer.weight, dtype=torch.bool))
+
+        def finish(self):
+            calls.append(("finish", self.layer))
+
+    block = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)})
+
+    class Adapter:
+        shared_inputs = ()
+
+        @staticmethod
+        def prunable_linears(b):
+            return dict(b.items())
+
+    class Runner:
+        adapter = Adapter()
+
+    monkeypatch.setattr(engine, "make_pruners", lambda name, linears, options, shared: {
+        n: Recording(layer) for n, layer in linears.items()})
+    plan = engine.PrunePlan("recording", {0: {"a": Pattern(sparsity=0.5), "b": Pattern(sparsity=0.5)}})
+    layers = engine.prune_block(Runner(), block, 0, torch.zeros(1, 2, 4), plan)
+    assert [c[0] for c in calls] == ["start", "start", "prune", "prune", "finish", "finish"]
+    assert layers["a"]["sparsity"] == 0.0
+
+
+def test_sparsegpt_overlap_is_a_how_not_a_what():
+    """Queuing the factors on a side stream is result-neutral: it does not rename the run, and off
+    the GPU both settings prune a layer to the same weights."""
+    from torch import nn
+
+    from icp.methods import make_pruner
+    from icp.pattern import Pattern
+    from icp.spec import RunSpec
+
+    keys = {repr(RunSpec("sparsegpt", sparsity=0.5, method_options=o).resume_key())
+            for o in ({}, {"overlap": False}, {"overlap": True})}
+    assert len(keys) == 1
+    torch.manual_seed(0)
+    x, weight = torch.randn(256, 64), torch.randn(32, 64)
+    results = []
+    for overlap in (False, True):
+        layer = nn.Linear(64, 32, bias=False)
+        layer.weight.data = weight.clone()
+        pruner = make_pruner("sparsegpt", layer, {"overlap": overlap})
+        pruner.add_batch(x)
+        pruner.start()
+        pruner.prune(Pattern(sparsity=0.5))
+        pruner.finish()
+        results.append(layer.weight.detach().clone())
+    assert torch.equal(*results)
+    assert (results[0] == 0).float().mean() == 0.5
