@@ -30,7 +30,8 @@ def make_plan(spec: RunSpec, runner: BlockRunner) -> PrunePlan:
         smap = uniform_map(shapes, pattern)
         compensation = None
     return PrunePlan(method=spec.pruner, sparsity=smap, method_options=dict(spec.method_options),
-                     compensation=compensation, track_error=spec.track_error)
+                     compensation=compensation, track_error=spec.track_error,
+                     overlap=spec.method_options.get("overlap", True))
 
 
 def prune_group(
