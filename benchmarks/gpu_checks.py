@@ -112,91 +112,6 @@ def check_sparsegpt_fast_path() -> list[tuple[int, int, str]]:
     return opt_in_failures
 
 
-def check_factor_overlap() -> None:
-    """SparseGPT's factors queued ahead on a side stream (`overlap`, the default) give the same block,
-    bit for bit, as each factor computed on the main stream when its layer is pruned; a Hessian that
-    is not positive definite still raises, from the block's deferred check."""
-    from prune_benchmark import SHAPES, RandomBlocks
-
-    from icp.engine import BlockRunner, PrunePlan, prune_block
-    from icp.models import adapter_for
-    from icp.pattern import Pattern
-
-    for name in ("opt-1.3b", "llama-2-7b"):
-        config = SHAPES[name]
-        config._attn_implementation = "sdpa"
-        adapter = adapter_for(config.model_type)
-        reader = RandomBlocks(adapter, config, torch.float16)
-        runner = BlockRunner(adapter, config, reader, "cuda", torch.float16, 512, batch_size=8)
-        g = torch.Generator(device="cuda").manual_seed(1)
-        inputs = torch.randn(16, 512, config.hidden_size, device="cuda", generator=g, dtype=torch.float16)
-        names = list(adapter.prunable_linears(runner.load(0)))
-        results = {}
-        for overlap in (False, True):
-            plan = PrunePlan("sparsegpt", {0: {n: Pattern(sparsity=0.5) for n in names}}, {"overlap": overlap})
-            block = runner.load(0)
-            prune_block(runner, block, 0, inputs, plan)
-            torch.cuda.synchronize()
-            results[overlap] = {k: v.clone() for k, v in block.state_dict().items()}
-        same = all(torch.equal(results[False][k], results[True][k]) for k in results[False])
-        assert same, (name, "factors on the side stream changed the block")
-        broken = inputs.clone()
-        broken[0, 0, 0] = float("nan")
-        plan = PrunePlan("sparsegpt", {0: {n: Pattern(sparsity=0.5) for n in names}}, {"overlap": True})
-        try:
-            prune_block(runner, runner.load(0), 0, broken, plan)
-        except torch.linalg.LinAlgError:
-            pass
-        else:
-            raise AssertionError((name, "a non-finite Hessian passed the deferred factor check"))
-        print(f"ok sparsegpt factors on a side stream, {name} block: bit-equal to the plain order; "
-              "a non-finite Hessian raises", flush=True)
-    check_icp_overlap()
-
-
-def check_icp_overlap() -> None:
-    """ICP with its dense target queued on a side stream during the solves (and the factors ahead)
-    against the plain order, three blocks of an OPT-1.3B-shaped model, streams on the GPU. Training
-    on the GPU need not be bit-reproducible (atomics in some backward kernels), so the plain order
-    is run twice: the overlapped run must be as close to it as it is to itself."""
-    from prune_benchmark import SHAPES, RandomBlocks
-
-    from icp.engine import BlockRunner, Streams, run_step
-    from icp.models import adapter_for
-    from icp.runs import RunSpec, make_plan
-
-    config = SHAPES["opt-1.3b"]
-    config._attn_implementation = "sdpa"
-    adapter = adapter_for(config.model_type)
-    reader = RandomBlocks(adapter, config, torch.float16)
-    g = torch.Generator(device="cuda").manual_seed(2)
-    x0 = torch.randn(16, 512, config.hidden_size, device="cuda", generator=g, dtype=torch.float16)
-    spec = RunSpec("icp", sparsity=0.5, alpha=0.8, beta=0.9, compensation={"epochs": 1, "lr": 1e-5, "batch_size": 4},
-                   track_error=False)
-
-    def walk(overlap: bool) -> list[torch.Tensor]:
-        runner = BlockRunner(adapter, config, reader, "cuda", torch.float16, 512, batch_size=8)
-        plan = make_plan(spec, runner)
-        plan.overlap = overlap
-        plan.method_options["overlap"] = overlap
-        streams, pending, weights = Streams(x0, x0), None, []
-        for index in range(3):
-            result = run_step(runner, index, streams, pending, plan)
-            streams, pending = result.streams, result.pending
-            weights += [v.float() for k, v in sorted(result.block.items())]
-        torch.cuda.synchronize()
-        return weights + [streams.error.float()]
-
-    def apart(a, b):
-        return max(float((x.cuda() - y.cuda()).norm() / y.cuda().norm().clamp_min(1e-30)) for x, y in zip(a, b))
-
-    plain, again, overlapped = walk(False), walk(False), walk(True)
-    noise, distance = apart(again, plain), apart(overlapped, plain)
-    assert distance <= max(2 * noise, 0.0), ("ICP overlapped vs plain", distance, "plain vs itself", noise)
-    print(f"ok icp with the dense target ahead on a side stream, 3 OPT-1.3B blocks: {distance:.2e} from the plain "
-          f"order (the plain order is {noise:.2e} from itself)", flush=True)
-
-
 def fp64_outputs(x, held_out, weight, pattern):
     """The plain sweep in float64 on the GPU (Hessian, factor and updates): the outputs a rounding-free
     SparseGPT would give, to judge which fp32 path strays."""
@@ -215,7 +130,6 @@ def fp64_outputs(x, held_out, weight, pattern):
 
 def main() -> None:
     assert torch.cuda.is_available(), "no CUDA device"
-    check_factor_overlap()
     opt_in_failures = check_sparsegpt_fast_path()
     check_sliding_window_families()
     root = Path(tempfile.mkdtemp())

@@ -28,7 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from icp.engine import run_step
-from prune_benchmark import prepare
+from prune_benchmark import SWEEP_PATHS, prepare
 
 KINDS = (  # first match wins; names as cuBLAS / cuSOLVER / PyTorch / Triton give them
     ("copy", ("memcpy", "memset")),
@@ -149,8 +149,9 @@ def phase_seconds(step) -> dict[str, float]:
     return {"wall": wall, **dict(totals.most_common())}
 
 
-def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str) -> dict:
-    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks)
+def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str,
+                   path: str = "auto") -> dict:
+    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks, kernel=path)
     pending = None
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
@@ -184,10 +185,11 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
         entry[1] += 1
     busy = busy_seconds(intervals)
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:20]
-    (out / f"profile_block_{slug}_{name}_{method}.txt").write_text(
+    suffix = "" if path == "auto" else f"_{path}"
+    (out / f"profile_block_{slug}_{name}_{method}{suffix}.txt").write_text(
         prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
     return {
-        "model": name, "method": method, "blocks_profiled": blocks, "nsamples": nsamples, "seqlen": seqlen,
+        "model": name, "method": method, "path": path, "blocks_profiled": blocks, "nsamples": nsamples, "seqlen": seqlen,
         "wall_per_block_s": wall / blocks, "gpu_busy_per_block_s": busy / blocks,
         "host_gap_per_block_s": (wall - busy) / blocks,
         "kernel_seconds_per_block_by_kind": {k: v / blocks for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
@@ -204,6 +206,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["opt-6.7b"])
     parser.add_argument("--methods", nargs="+", default=["sparsegpt", "wanda", "icp"])
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--paths", nargs="+", default=["auto"], choices=sorted(SWEEP_PATHS),
+                        help="SparseGPT / ICP paths of prune_benchmark.SWEEP_PATHS (auto: the default)")
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -211,21 +215,22 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0)
     slug = gpu.lower().replace("nvidia", "").split()[0]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"profile_block_{slug}.json"
+    report = args.out / f"profile_block_{slug}.json"
     rows = []
     for name in args.models:
-        for method in args.methods:
-            row = profile_method(name, method, args.blocks, args.nsamples, args.seqlen, args.out, slug)
+        cases = [(m, p) for m in args.methods for p in (args.paths if m in ("sparsegpt", "icp") else ["auto"])]
+        for method, sweep_path in cases:
+            row = profile_method(name, method, args.blocks, args.nsamples, args.seqlen, args.out, slug, sweep_path)
             rows.append(row)
             kinds = ", ".join(f"{k} {v:.2f}" for k, v in row["kernel_seconds_per_block_by_kind"].items())
-            print(f"{name} {method}: {row['wall_per_block_s']:.2f} s/block, GPU busy {row['gpu_busy_per_block_s']:.2f}, "
+            print(f"{name} {method} ({sweep_path}): {row['wall_per_block_s']:.2f} s/block, GPU busy {row['gpu_busy_per_block_s']:.2f}, "
                   f"gaps {row['host_gap_per_block_s']:.2f}; {kinds}", flush=True)
             print("  syncs in one step:", row["syncs_in_one_step"], flush=True)
             print("  phases (synchronised step):", {k: round(v, 3) if isinstance(v, float) else v
                                                    for k, v in row["seconds_by_phase_in_one_synchronised_step"].items()}, flush=True)
-            path.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
+            report.write_text(json.dumps({"gpu": gpu, "torch": torch.__version__, "rows": rows}, indent=1))
             torch.cuda.empty_cache()
-    print(f"wrote {path}")
+    print(f"wrote {report}")
 
 
 if __name__ == "__main__":

@@ -71,10 +71,8 @@ class RandomBlocks:
 
 # SparseGPT options of each benchmark path: torch (the plain sweep), auto (the default: the fused
 # sweep on CUDA), triton (fused, required), lazy (auto + the opt-in lazy update groups of 1024
-# columns), flip (auto + the opt-in one-factorisation inverse), serial (auto without the factors
-# queued ahead on a side stream: each computed when its layer is pruned, the status read after it).
+# columns), flip (auto + the opt-in one-factorisation inverse).
 SWEEP_PATHS = {"torch": {"kernel": "torch"}, "auto": {"kernel": "auto"}, "triton": {"kernel": "triton"},
-               "serial": {"kernel": "auto", "overlap": False},
                "lazy": {"kernel": "auto", "lazy_columns": 1024}, "flip": {"kernel": "auto", "flip_factor": True}}
 
 
@@ -151,7 +149,7 @@ def main() -> None:
     parser.add_argument("--compensation-batch", type=int, default=8, help="ICP samples per compensation step")
     parser.add_argument("--paths", nargs="+", default=["torch", "auto"],
                         choices=list(SWEEP_PATHS),
-                        help="SparseGPT paths to compare (SWEEP_PATHS): torch, auto (the default), triton, lazy, flip, serial")
+                        help="SparseGPT paths to compare (SWEEP_PATHS): torch, auto (the default), triton, lazy, flip")
     args = parser.parse_args()
     rows = []
     for name in args.models:
@@ -173,8 +171,7 @@ def main() -> None:
     lines = ["| model | method | SparseGPT sweep | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |",
              "|---|---|---|---|---|---|---|"]
     names = {"torch": "plain (torch)", "auto": "fused (Triton)", "triton": "fused (Triton)",
-             "lazy": "fused + lazy groups (opt-in)", "flip": "fused + flip factor (opt-in)",
-             "serial": "fused, factors not overlapped", "-": "-"}
+             "lazy": "fused + lazy groups (opt-in)", "flip": "fused + flip factor (opt-in)", "-": "-"}
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {names[r['path']]} | {r['seconds_full_model']:.0f} | "
                      f"{r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")

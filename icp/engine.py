@@ -17,7 +17,7 @@ import functools
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,23 +70,6 @@ def place_stream(hidden: torch.Tensor, device: torch.device | str, offload: bool
 
 
 @dataclass
-class DenseAhead:
-    """A dense block and its output over the dense stream, queued on a side CUDA stream
-    (`BlockRunner.forward_ahead`); `take` hands both to the caller's stream."""
-
-    block: nn.Module
-    output: torch.Tensor
-    ready: torch.cuda.Event
-
-    def take(self) -> tuple[nn.Module, torch.Tensor]:
-        main = torch.cuda.current_stream(self.output.device)
-        main.wait_event(self.ready)
-        for tensor in (*self.block.parameters(), *self.block.buffers(), self.output):
-            tensor.record_stream(main)  # allocated on the side stream; used, then freed, after it
-        return self.block, self.output
-
-
-@dataclass
 class StepResult:
     block: StateDict  # the finished (pruned) block, names relative to the block
     streams: Streams
@@ -103,7 +86,6 @@ class PrunePlan:
     method_options: dict[str, Any] = field(default_factory=dict)
     compensation: Compensation | None = None  # set for ICP
     track_error: bool = True  # carry the dense stream and record per-block output error
-    overlap: bool = True  # on CUDA, queue work that does not wait on the solves on a side stream (how, not what)
 
     @property
     def needs_dense(self) -> bool:
@@ -134,7 +116,6 @@ class BlockRunner:
         self._kwargs: dict[Any, dict[str, Any]] = {}  # per block kind (see FamilyAdapter.block_kind)
         self._host_blocks: dict[int, Future] = {}  # CUDA: dense blocks read ahead into pinned memory
         self._reads: ThreadPoolExecutor | None = None
-        self._side: torch.cuda.Stream | None = None  # CUDA: the stream of `forward_ahead`
 
     def kwargs(self, index: int) -> dict[str, Any]:
         """The call arguments of block `index` (its mask, rotary table, ...), built once per kind."""
@@ -185,21 +166,6 @@ class BlockRunner:
         state = self.reader.read_prefix(self.adapter.block_prefix(index))
         return {name: value.pin_memory() if value.device.type == "cpu" and not value.is_pinned() else value
                 for name, value in state.items()}
-
-    def forward_ahead(self, index: int, hidden: torch.Tensor) -> DenseAhead:
-        """Block `index` loaded dense and run over `hidden` (on the device) on a side CUDA stream,
-        behind the work queued so far: ICP's compensation target, computed while the device would
-        otherwise idle in the solves. The same kernels on the same data as `forward`."""
-        self.kwargs(index)  # built on this stream: they live as long as the runner
-        main = torch.cuda.current_stream(self.device)
-        if self._side is None:
-            self._side = torch.cuda.Stream(self.device)
-        self._side.wait_stream(main)
-        hidden.record_stream(self._side)
-        with torch.cuda.stream(self._side):
-            block = self.load(index)
-            output = self.forward(block, hidden, index)
-        return DenseAhead(block, output, self._side.record_event())
 
     @torch.no_grad()
     def forward(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool = True) -> torch.Tensor | None:
@@ -290,19 +256,12 @@ def cpu_state(block: nn.Module) -> StateDict:
     return state
 
 
-def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch.Tensor, plan: PrunePlan,
-                then: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Prune every linear of `block` at its scheduled pattern, with statistics from `inputs`.
-    `then` is called once the statistics are in, before the solves (work queued there on another
-    stream overlaps them)."""
+def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch.Tensor, plan: PrunePlan) -> dict[str, Any]:
+    """Prune every linear of `block` at its scheduled pattern, with statistics from `inputs`."""
     linears = runner.adapter.prunable_linears(block)
     pruners = make_pruners(plan.method, linears, plan.method_options, runner.adapter.shared_inputs)
     if any(p.needs_inputs for p in pruners.values()):
         statistics_pass(runner, block, index, inputs, linears, pruners)
-    if then is not None:
-        then()
-    for pruner in pruners.values():
-        pruner.start()
     layers, reached = {}, {}
     for name, pruner in pruners.items():
         pattern = plan.sparsity[index][name]
@@ -311,8 +270,6 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
         layers[name] = {"target": pattern.target_sparsity, "sparsity": None, "numel": result.mask.numel()}
         if result.grid is not None:
             layers[name]["grid"] = result.grid.to_dict()
-    for pruner in pruners.values():
-        pruner.finish()
     for name, fraction in reached.items():
         layers[name]["sparsity"] = float(fraction)
     return layers
@@ -379,26 +336,19 @@ def run_step(runner: BlockRunner, index: int, streams: Streams, pending: Pending
     """One window step at block `index` (see module docstring)."""
     started = time.perf_counter()
     block = runner.load(index, pending)
-    ahead: list[DenseAhead] = []
-    target_ahead = None
-    if (plan.overlap and plan.compensation is not None and streams.dense_ahead and index + 1 < runner.num_blocks
-            and runner.device.type == "cuda" and streams.dense.is_cuda):
-        target_ahead = lambda: ahead.append(runner.forward_ahead(index + 1, streams.dense))  # noqa: E731
-    layers = prune_block(runner, block, index, streams.error, plan, then=target_ahead)
+    layers = prune_block(runner, block, index, streams.error, plan)
     record: dict[str, Any] = {"block": index, "layers": layers}
-    next_streams, new_pending = advance(runner, index, block, streams, plan, record, compensate_next=True,
-                                        ahead=ahead[0] if ahead else None)
+    next_streams, new_pending = advance(runner, index, block, streams, plan, record, compensate_next=True)
     record["seconds"] = time.perf_counter() - started
     return StepResult(block=_finished_state(block, layers), streams=next_streams, pending=new_pending, record=record)
 
 
 def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams, plan: PrunePlan,
-            record: dict[str, Any], compensate_next: bool, ahead: DenseAhead | None = None) -> tuple[Streams, nn.Module | None]:
+            record: dict[str, Any], compensate_next: bool) -> tuple[Streams, nn.Module | None]:
     """Steps 3-4 of the window at block `index`, whose pruned version is `block`: the streams
     through it (recording the output error) and, for ICP, the compensated next block (trained only
     when `compensate_next`; a replay that already holds the next block skips the training but
-    still computes its dense output, the next step's target). `ahead`: that dense block and its
-    output, already queued (`BlockRunner.forward_ahead`)."""
+    still computes its dense output, the next step's target)."""
     error_out = runner.forward(block, streams.error, index)
     dense_out = None
     if plan.needs_dense:
@@ -410,11 +360,8 @@ def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams,
         record["output_rel_mse"] = mse / max(energy, 1e-30)
     if plan.compensation is None or index + 1 >= runner.num_blocks:
         return Streams(error_out, dense_out, dense_ahead=False), None
-    if ahead is not None:
-        next_block, target = ahead.take()
-    else:
-        next_block = runner.load(index + 1)  # B_{i+1}, still dense: its output is the target, then it trains in place
-        target = runner.forward(next_block, dense_out, index + 1)
+    next_block = runner.load(index + 1)  # B_{i+1}, still dense: its output is the target, then it trains in place
+    target = runner.forward(next_block, dense_out, index + 1)
     if not compensate_next:
         return Streams(error_out, target, dense_ahead=True), None
     record["compensation"] = compensate(

@@ -30,8 +30,7 @@ def make_plan(spec: RunSpec, runner: BlockRunner) -> PrunePlan:
         smap = uniform_map(shapes, pattern)
         compensation = None
     return PrunePlan(method=spec.pruner, sparsity=smap, method_options=dict(spec.method_options),
-                     compensation=compensation, track_error=spec.track_error,
-                     overlap=spec.method_options.get("overlap", True))
+                     compensation=compensation, track_error=spec.track_error)
 
 
 def prune_group(

@@ -12,9 +12,8 @@ from typing import Any
 from .pattern import Pattern, parse_pattern
 from .registry import LAYER_PRUNERS, METHODS
 
-# method options that choose how, not what: the SparseGPT sweep's kernel, and whether its factors
-# are computed ahead on a side stream, give the same weights
-RESULT_NEUTRAL_OPTIONS = ("kernel", "overlap")
+# method options that choose how, not what: the SparseGPT sweep's kernel gives the same weights
+RESULT_NEUTRAL_OPTIONS = ("kernel",)
 
 # ICP's own settings when the config leaves them out (one place: the config checks, the API and
 # the ablations' "table setting" all read these)

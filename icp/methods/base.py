@@ -1,8 +1,7 @@
 """The interface every layer pruner follows: the engine feeds statistics, the method solves.
 
 A pruner wraps one `nn.Linear`. The engine calls `add_batch` with the layer's inputs for every
-calibration batch (only when `needs_inputs`); then, for a whole block, `start` on every pruner,
-`prune` once on each (it rewrites the weight in place), and `finish` on every pruner.
+calibration batch (only when `needs_inputs`), then `prune` once; `prune` rewrites the weight in place.
 """
 
 from __future__ import annotations
@@ -64,14 +63,6 @@ class LayerPruner:
 
     def prune(self, pattern: Pattern) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def start(self) -> None:
-        """Every pruner of the block has its statistics; none has pruned yet. Work that needs only
-        this layer's statistics may be queued here (SparseGPT: its factorisation, on a side stream)."""
-
-    def finish(self) -> None:
-        """Every pruner of the block has pruned: checks deferred so as not to stall the device
-        between layers (SparseGPT: the factorisation's status, read back once)."""
 
     def _check(self, pattern: Pattern) -> None:
         if pattern.is_nm and self.columns % pattern.m:

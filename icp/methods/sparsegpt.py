@@ -5,8 +5,7 @@ w^2 / [H^-1]_jj^2, each removed (and, with `wbits`, each quantized) weight's err
 spread over the not-yet-visited columns through the Cholesky factor of H^-1.
 
 Linears that read the same input (q/k/v; gate/up) share one `InputHessian` and one inverse
-factor. On CUDA every factor of a block is queued at once on a side stream (`start`), so the later
-layers' factorisations run beside the earlier layers' sweeps. The in-block sweep has two implementations with one contract: `sweep_columns` below (plain
+factor. The in-block sweep has two implementations with one contract: `sweep_columns` below (plain
 torch: the statement of the algorithm and the CPU path) and a fused Triton kernel
 (`kernels.obs_sweep`), used on CUDA unless `kernel="torch"`.
 """
@@ -54,7 +53,6 @@ class InputHessian:
         self.users = 0  # pruners still to solve with it; the factor is dropped after the last
         self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
         self._info: torch.Tensor | None = None  # factorisation status, checked once read back
-        self._ready: torch.cuda.Event | None = None  # the factor queued on a side stream (`start_factor`)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         x = inputs.reshape(-1, self.columns)
@@ -69,21 +67,6 @@ class InputHessian:
             self.matrix.addmm_(x.t(), x)
         self.tokens = total
 
-    def start_factor(self, percdamp: float, by_flip: bool = False) -> None:
-        """Queue the factorisation (`inverse_factor`) now, on the device's side stream, behind the
-        work queued so far; `inverse_factor` then makes the caller's stream wait for it. The same
-        kernels on the same data, so the same factor; only the order of the streams' work changes.
-        Does nothing off CUDA or once the factor exists."""
-        if self.matrix is None or not self.matrix.is_cuda or self._ready is not None:
-            return
-        main = torch.cuda.current_stream(self.matrix.device)
-        side = _factor_stream(self.matrix.device)
-        side.wait_stream(main)  # the Hessian's last batch
-        self.matrix.record_stream(side)  # allocated on the main stream, consumed on the side one
-        with torch.cuda.stream(side):
-            self._factorise(percdamp, by_flip)
-        self._ready = side.record_event()
-
     def inverse_factor(self, percdamp: float, by_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(upper Cholesky factor of the dampened H^-1, mask of columns never activated).
 
@@ -92,35 +75,26 @@ class InputHessian:
         to queue the sweeps; a failed factorisation is raised by `check_factor` after them.
         `by_flip` (the `flip_factor` option) reaches the same factor with one Cholesky factorisation and one
         triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse`)."""
-        if self._ready is not None:  # queued by `start_factor`: this stream waits for it on the device
-            main = torch.cuda.current_stream(self._factor[0].device)
-            main.wait_event(self._ready)
-            for tensor in (*self._factor, self._info):
-                tensor.record_stream(main)  # allocated on the side stream, used (and freed) after it
-            self._ready = None
         if self._factor is None:
-            self._factorise(percdamp, by_flip)
-            if not self._factor[0].is_cuda:
+            hessian, self.matrix = self.matrix, None
+            diagonal = hessian.diagonal()
+            dead = diagonal == 0
+            diagonal.masked_fill_(dead, 1.0)
+            diagonal.add_(percdamp * torch.mean(diagonal.contiguous()))  # contiguous: the reference's reduction order
+            if by_flip:
+                upper, self._info = _upper_factor_of_inverse(hessian)
+            else:
+                factor, info = torch.linalg.cholesky_ex(hessian)
+                del hessian
+                inverse = torch.cholesky_inverse(factor)
+                del factor
+                upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
+                del inverse  # before the row-major copy below: two n x n matrices at a time, not three
+                self._info = info + info_inverse
+            self._factor = (upper.contiguous(), dead)  # row-major: rows are read
+            if not upper.is_cuda:
                 self.check_factor()
         return self._factor
-
-    def _factorise(self, percdamp: float, by_flip: bool) -> None:
-        hessian, self.matrix = self.matrix, None
-        diagonal = hessian.diagonal()
-        dead = diagonal == 0
-        diagonal.masked_fill_(dead, 1.0)
-        diagonal.add_(percdamp * torch.mean(diagonal.contiguous()))  # contiguous: the reference's reduction order
-        if by_flip:
-            upper, self._info = _upper_factor_of_inverse(hessian)
-        else:
-            factor, info = torch.linalg.cholesky_ex(hessian)
-            del hessian
-            inverse = torch.cholesky_inverse(factor)
-            del factor
-            upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
-            del inverse  # before the row-major copy below: two n x n matrices at a time, not three
-            self._info = info + info_inverse
-        self._factor = (upper.contiguous(), dead)  # row-major: rows are read
 
     def check_factor(self) -> None:
         """Raise if the dampened Hessian (or its inverse) was not positive definite."""
@@ -136,13 +110,6 @@ class InputHessian:
         if self.users <= 0:
             self.matrix = None
             self._factor = None
-
-
-@cache
-def _factor_stream(device: torch.device) -> torch.cuda.Stream:
-    """The side stream the factorisations of `device` are queued on (one per device, so a block's
-    factors are computed one after another, in the order the block's layers are pruned)."""
-    return torch.cuda.Stream(device)
 
 
 def _upper_factor_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,17 +177,12 @@ class SparseGPTPruner(LayerPruner):
     a float64 one as the reference's, but rounded differently, and SparseGPT's mask choices amplify
     any rounding: on correlated 4096-wide inputs 3e-4 of the mask and 8e-3 of the output move,
     exactly as far as the fp32 reference itself sits from a float64 run. So it is opt-in and part of
-    the run's hash.
-
-    `overlap` (on by default; how, not what): on CUDA, `start` queues the factor of the layer's
-    Hessian on a side stream as soon as the block's statistics are in, and its status is read back
-    once per block (`finish`), so the host queues a whole block's sweeps without waiting. Off: each
-    factor is computed when its first layer is pruned, on the same stream (the plain order)."""
+    the run's hash."""
 
     shares_statistics = True
 
     def __init__(self, layer: nn.Linear, blocksize: int = 128, percdamp: float = 0.01, kernel: str = "auto",
-                 lazy_columns: int | None = None, flip_factor: bool = False, overlap: bool = True,
+                 lazy_columns: int | None = None, flip_factor: bool = False,
                  shared_with: "SparseGPTPruner | None" = None) -> None:
         super().__init__(layer)
         if kernel not in KERNELS:
@@ -231,7 +193,6 @@ class SparseGPTPruner(LayerPruner):
         self.kernel = kernel
         self.lazy_columns = lazy_columns
         self.flip_factor = bool(flip_factor)
-        self.overlap = bool(overlap)
         self.feeds_hessian = shared_with is None  # a shared Hessian is fed by the group's first linear
         self.hessian = shared_with.hessian if shared_with else InputHessian(self.columns, layer.weight.device)
         self.hessian.users += 1
@@ -239,13 +200,6 @@ class SparseGPTPruner(LayerPruner):
     def add_batch(self, inputs: torch.Tensor) -> None:
         if self.feeds_hessian:
             self.hessian.add_batch(inputs)
-
-    def start(self) -> None:
-        if self.overlap and self.feeds_hessian:
-            self.hessian.start_factor(self.percdamp, by_flip=self.flip_factor)
-
-    def finish(self) -> None:
-        self.hessian.check_factor()
 
     def use_triton(self, weight: torch.Tensor, pattern: Pattern) -> bool:
         fits = not pattern.is_nm or self.blocksize % pattern.m == 0
@@ -270,8 +224,7 @@ class SparseGPTPruner(LayerPruner):
         else:
             sweep = sweep_columns
         mask = sweep_blocks(weight, hinv, pattern, grid, sweep, self.blocksize, self.lazy_columns or self.blocksize)
-        if not self.overlap:
-            self.hessian.check_factor()
+        self.hessian.check_factor()
         self.hessian.done()
         self.layer.weight.data = weight.to(dtype)
         return PruneResult(mask=mask, grid=grid)
