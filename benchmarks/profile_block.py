@@ -187,7 +187,7 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
     top = sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:20]
     suffix = "" if path == "auto" else f"_{path}"
     (out / f"profile_block_{slug}_{name}_{method}{suffix}.txt").write_text(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+        prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=60))
     return {
         "model": name, "method": method, "path": path, "blocks_profiled": blocks, "nsamples": nsamples, "seqlen": seqlen,
         "wall_per_block_s": wall / blocks, "gpu_busy_per_block_s": busy / blocks,
