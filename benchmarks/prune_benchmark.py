@@ -96,7 +96,10 @@ def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dty
                    track_error=False)
     plan = make_plan(spec, runner)
     blocks = min(runner.num_blocks, max_blocks or runner.num_blocks)
-    reader.prepare(range(min(blocks + 1, runner.num_blocks)))
+    # every block the timed steps touch, and the one read ahead after it: ICP loads block i+1 at
+    # step i and the runner reads one further ahead, so i+2 (a block drawn inside the clock would
+    # add a GPU draw and a pageable copy to the time)
+    reader.prepare(range(min(blocks + 2, runner.num_blocks)))
     torch.manual_seed(0)
     x0 = torch.randn(stream_shape(config, nsamples, seqlen), dtype=dtype, device="cuda")
     if offload:  # streams in host memory, one batch at a time on the GPU
