@@ -132,6 +132,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
         "model": name, "method": method, "blocks_run": blocks, "blocks": total_blocks,
         "seconds": seconds, "seconds_full_model": seconds / blocks * total_blocks,
         "median_block_s": sorted(per_block)[len(per_block) // 2],
+        "per_block_s": per_block,  # each timed step (the device synchronised after it), in order
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "streams_gib": base / 2**30,
         "path": kernel if method in ("sparsegpt", "icp") else "-",
