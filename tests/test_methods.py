@@ -269,3 +269,35 @@ def test_lazy_columns_and_flip_factor_name_their_own_runs_and_the_kernel_does_no
     assert len(names) == 1
     for options in ({"flip_factor": True}, {"lazy_columns": 1024}):
         assert repr(RunSpec("sparsegpt", sparsity=0.5, method_options=options).resume_key()) not in names
+
+
+@pytest.mark.parametrize("by_flip", [False, True])
+def test_sparsegpt_factorisation_frees_the_hessian_once_factored(monkeypatch, by_flip):
+    """Peak memory: the Hessian (1 GiB for a 16384-wide layer) is gone before the inversion step
+    runs (`cholesky_inverse`, or the flip's triangular solve), where the most n x n matrices are
+    alive; the factor is the same either way (the same operations)."""
+    import weakref
+
+    from icp.methods.sparsegpt import InputHessian
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 48)
+    reference = InputHessian(48, "cpu")
+    reference.add_batch(x)
+    expected = reference.inverse_factor(0.01, by_flip=by_flip)[0].clone()
+
+    hessian = InputHessian(48, "cpu")
+    hessian.add_batch(x)
+    alive = weakref.ref(hessian.matrix)
+    seen = []
+    name, owner = ("solve_triangular", torch.linalg) if by_flip else ("cholesky_inverse", torch)
+    original = getattr(owner, name)
+
+    def watching(*args, **kwargs):
+        seen.append(alive() is None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, watching)
+    factor = hessian.inverse_factor(0.01, by_flip=by_flip)[0]
+    assert seen == [True], "the Hessian was still alive during the inversion step"
+    assert torch.equal(factor, expected)

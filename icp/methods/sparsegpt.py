@@ -76,25 +76,28 @@ class InputHessian:
         `by_flip` (the `flip_factor` option) reaches the same factor with one Cholesky factorisation and one
         triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse`)."""
         if self._factor is None:
-            hessian, self.matrix = self.matrix, None
-            diagonal = hessian.diagonal()
-            dead = diagonal == 0
-            diagonal.masked_fill_(dead, 1.0)
-            diagonal.add_(percdamp * torch.mean(diagonal.contiguous()))  # contiguous: the reference's reduction order
-            if by_flip:
-                upper, self._info = _upper_factor_of_inverse(hessian)
-            else:
-                factor, info = torch.linalg.cholesky_ex(hessian)
-                del hessian
-                inverse = torch.cholesky_inverse(factor)
-                del factor
-                upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
-                del inverse  # before the row-major copy below: two n x n matrices at a time, not three
-                self._info = info + info_inverse
+            dead = self._dampen(percdamp)
+            factorise = _upper_factor_of_inverse if by_flip else _upper_factor_of_inverse_reference
+            # handed over, not kept here: the factorisation frees the matrix as soon as its factor
+            # exists (on a 16384-wide layer one fp32 n x n matrix is 1 GiB)
+            upper, self._info = factorise(self._take_matrix())
             self._factor = (upper.contiguous(), dead)  # row-major: rows are read
             if not upper.is_cuda:
                 self.check_factor()
         return self._factor
+
+    def _take_matrix(self) -> torch.Tensor:
+        matrix, self.matrix = self.matrix, None
+        return matrix
+
+    def _dampen(self, percdamp: float) -> torch.Tensor:
+        """Dampen the matrix in place (a never-activated column's diagonal set to 1 first); returns
+        the mask of those columns. No view of the matrix outlives the call."""
+        diagonal = self.matrix.diagonal()
+        dead = diagonal == 0
+        diagonal.masked_fill_(dead, 1.0)
+        diagonal.add_(percdamp * torch.mean(diagonal.contiguous()))  # contiguous: the reference's reduction order
+        return dead
 
     def check_factor(self) -> None:
         """Raise if the dampened Hessian (or its inverse) was not positive definite."""
@@ -110,6 +113,19 @@ class InputHessian:
         if self.users <= 0:
             self.matrix = None
             self._factor = None
+
+
+def _upper_factor_of_inverse_reference(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, status) with U upper triangular and U^T U = H^-1, in the reference's three steps:
+    Cholesky of H, its inverse, Cholesky of that. `hessian` is consumed: freed after its
+    factorisation where the caller keeps no other reference, so at most three n x n matrices
+    (inside `cholesky_inverse`) are alive at once."""
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    del hessian
+    inverse = torch.cholesky_inverse(factor)
+    del factor
+    upper, info_inverse = torch.linalg.cholesky_ex(inverse, upper=True)
+    return upper, info + info_inverse
 
 
 def _upper_factor_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
