@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from icp.methods.sparsegpt import _upper_factor_of_inverse
+from icp.methods.sparsegpt import _upper_factor_of_inverse_by_flip
 
 
 def timed(fn, repeats: int) -> float:
@@ -53,7 +53,7 @@ def steps(n: int, repeats: int) -> list[dict]:
         ("reference", "cholesky_ex(H)", lambda: torch.linalg.cholesky_ex(h), n**3 / 3),
         ("reference", "cholesky_inverse(L)", lambda: torch.cholesky_inverse(lower), 2 * n**3),
         ("reference", "cholesky_ex(H^-1, upper)", lambda: torch.linalg.cholesky_ex(inverse, upper=True), n**3 / 3),
-        ("flip", "whole factor", lambda: _upper_factor_of_inverse(h.clone()), n**3 / 3 + n**3),
+        ("flip", "whole factor", lambda: _upper_factor_of_inverse_by_flip(h.clone()), n**3 / 3 + n**3),
         ("rate", "fp32 GEMM n x n x n", lambda: a32 @ a32, 2 * n**3),
         ("rate", "fp16 GEMM n x n x n", lambda: a16 @ a16, 2 * n**3),
     ]

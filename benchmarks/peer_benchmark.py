@@ -155,7 +155,8 @@ def one_case(args) -> dict:
     except Exception as err:  # recorded, not raised: the other cases still run
         row["error"] = f"{type(err).__name__}: {err}"
         row["traceback"] = traceback.format_exc(limit=-6)
-    row.setdefault("peak_gpu_gib", None)
+    if "peak_gpu_gib" not in row:  # the call failed: its peak up to the failure (an out-of-memory, say)
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
     row["peak_host_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 

@@ -151,8 +151,8 @@ def phase_seconds(step) -> dict[str, float]:
 
 def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: int, out: Path, slug: str,
                    path: str = "auto") -> dict:
-    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks, kernel=path)
-    runner.reader.prepare(range(blocks + 2, min(blocks + 3, runner.num_blocks)))  # what one_more reads ahead
+    runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, torch.float16, blocks, kernel=path,
+                                            extra_steps=1)  # one_more, below
     pending = None
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
@@ -162,7 +162,7 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
         torch.cuda.synchronize()
         wall = time.perf_counter() - started
 
-    def one_more() -> None:  # the block after the profiled ones (drawn above, with what it reads ahead)
+    def one_more() -> None:  # the block after the profiled ones (prepare drew what it touches)
         run_step(runner, min(blocks, runner.num_blocks - 1), streams, pending, plan)
 
     try:

@@ -81,10 +81,11 @@ def sweep_options(path: str) -> dict:
 
 
 def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
-            offload: bool = False, compensation_batch: int = 8, kernel: str = "auto"):
+            offload: bool = False, compensation_batch: int = 8, kernel: str = "auto", extra_steps: int = 0):
     """A benchmark run up to its first timed block: the runner and plan of the shape and method, the
-    random blocks drawn, the calibration streams, and block 0 run once untimed (kernel compilation,
-    library handles). Returns (runner, plan, streams, blocks to time)."""
+    random blocks drawn (for the timed steps and `extra_steps` after them), the calibration streams,
+    and block 0 run once untimed (kernel compilation, library handles). Returns (runner, plan,
+    streams, blocks to time)."""
     config = SHAPES[name]
     config._attn_implementation = "sdpa"
     adapter = adapter_for(config.model_type)
@@ -99,7 +100,7 @@ def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dty
     # every block the timed steps touch, and the one read ahead after it: ICP loads block i+1 at
     # step i and the runner reads one further ahead, so i+2 (a block drawn inside the clock would
     # add a GPU draw and a pageable copy to the time)
-    reader.prepare(range(min(blocks + 2, runner.num_blocks)))
+    reader.prepare(range(min(blocks + extra_steps + 2, runner.num_blocks)))
     torch.manual_seed(0)
     x0 = torch.randn(stream_shape(config, nsamples, seqlen), dtype=dtype, device="cuda")
     if offload:  # streams in host memory, one batch at a time on the GPU

@@ -74,10 +74,10 @@ class InputHessian:
         here reads back to the host (no boolean indexing, `cholesky_ex`): on CUDA the host runs on
         to queue the sweeps; a failed factorisation is raised by `check_factor` after them.
         `by_flip` (the `flip_factor` option) reaches the same factor with one Cholesky factorisation and one
-        triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse`)."""
+        triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse_by_flip`)."""
         if self._factor is None:
             dead = self._dampen(percdamp)
-            factorise = _upper_factor_of_inverse if by_flip else _upper_factor_of_inverse_reference
+            factorise = _upper_factor_of_inverse_by_flip if by_flip else _upper_factor_of_inverse_reference
             # handed over, not kept here: the factorisation frees the matrix as soon as its factor
             # exists (on a 16384-wide layer one fp32 n x n matrix is 1 GiB)
             upper, self._info = factorise(self._take_matrix())
@@ -128,7 +128,7 @@ def _upper_factor_of_inverse_reference(hessian: torch.Tensor) -> tuple[torch.Ten
     return upper, info + info_inverse
 
 
-def _upper_factor_of_inverse(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _upper_factor_of_inverse_by_flip(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(U, status) with U upper triangular and U^T U = H^-1, from one factorisation.
 
     With J the reversal permutation and J H J = L L^T (Cholesky), H^-1 = (J L^-T J)(J L^-1 J), and
