@@ -156,6 +156,8 @@ def main() -> None:
             a, b = load_file(str(on_gpu / "model.safetensors")), load_file(str(on_host / "model.safetensors"))
             assert all(torch.equal(a[k], b[k]) for k in a), "offloaded streams changed the result"
 
+            check_consumed_streams(model_dir, x0, dtype)
+
             icp = prune(model_dir, RunSpec("icp", sparsity=0.6, alpha=0.8, beta=0.9, compensation={"lr": 1e-3}),
                         root / "x0.pt", root / "icp", "cuda", offload=True)
             pruned, _ = load_model(str(icp), dtype)
@@ -178,6 +180,36 @@ def main() -> None:
     if opt_in_failures:
         sys.exit(f"an opt-in SparseGPT path strayed further from float64 than the plain path on {opt_in_failures}")
     print("all GPU checks passed")
+
+
+def check_consumed_streams(model_dir: Path, x0: torch.Tensor, dtype: str, device: str = "cuda") -> None:
+    """The jobs' consuming step (each block's outputs written over its inputs, on the GPU and in
+    pinned host memory) against the step that leaves its input streams alone: the same blocks and
+    streams bit for bit, for SparseGPT with the dense stream and for ICP's targets (no training,
+    which is not bit-deterministic on CUDA)."""
+    from icp.engine import BlockRunner, Streams, place_stream, run_step
+    from icp.models.loading import CheckpointReader, load_config
+    from icp.runs import make_plan
+
+    config = load_config(model_dir)
+    adapter = adapter_for(config.model_type)
+    for spec in (RunSpec("sparsegpt", sparsity=0.5), RunSpec("icp", sparsity=0.5, compensation={"epochs": 0})):
+        for offload in (False, True):
+            walks = []
+            for consume in (False, True):
+                runner = BlockRunner(adapter, config, CheckpointReader(model_dir), device, getattr(torch, dtype),
+                                     x0.shape[1], batch_size=4)
+                plan = make_plan(spec, runner)
+                streams, pending, blocks = Streams.from_block0(place_stream(x0.to(runner.dtype), device, offload), plan), None, []
+                for index in range(runner.num_blocks):
+                    result = run_step(runner, index, streams, pending, plan, consume=consume)
+                    streams, pending = result.streams, result.pending
+                    blocks.append(result.block)
+                walks.append((blocks, [streams.error.cpu(), streams.dense.cpu()]))
+            (kept, kept_last), (consumed, consumed_last) = walks
+            assert all(torch.equal(a[k], b[k]) for a, b in zip(kept, consumed) for k in a), (spec.method, offload)
+            assert all(torch.equal(a, b) for a, b in zip(kept_last, consumed_last)), (spec.method, offload)
+    print(f"ok: consuming steps = keeping steps ({config.model_type}, {dtype}; streams on the GPU and in host memory)")
 
 
 def check_sliding_window_families() -> None:

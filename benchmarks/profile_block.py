@@ -157,7 +157,7 @@ def profile_method(name: str, method: str, blocks: int, nsamples: int, seqlen: i
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
         for index in range(blocks):
-            result = run_step(runner, index, streams, pending, plan)
+            result = run_step(runner, index, streams, pending, plan, consume=True)
             streams, pending = result.streams, result.pending
         torch.cuda.synchronize()
         wall = time.perf_counter() - started

@@ -13,6 +13,7 @@ and a JSON of every measurement.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import time
@@ -112,7 +113,7 @@ def prepare(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dty
 
 
 def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype, max_blocks: int | None,
-          offload: bool = False, compensation_batch: int = 8, kernel: str = "auto") -> dict:
+          offload: bool = False, compensation_batch: int = 8, kernel: str = "auto", consume: bool = True) -> dict:
     config = SHAPES[name]
     runner, plan, streams, blocks = prepare(name, method, nsamples, seqlen, dtype, max_blocks, offload,
                                             compensation_batch, kernel)
@@ -123,7 +124,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
     per_block = []
     for index in range(blocks):
         t = time.perf_counter()
-        result = run_step(runner, index, streams, pending, plan)
+        result = run_step(runner, index, streams, pending, plan, consume=consume)  # True: as the pipeline's jobs run it
         streams, pending = result.streams, result.pending
         torch.cuda.synchronize()
         per_block.append(time.perf_counter() - t)
@@ -137,6 +138,7 @@ def bench(name: str, method: str, nsamples: int, seqlen: int, dtype: torch.dtype
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
         "streams_gib": base / 2**30,
         "path": kernel if method in ("sparsegpt", "icp") else "-",
+        "streams": "consumed" if consume else "kept",
         "nsamples": nsamples, "seqlen": None if isinstance(config, SamConfig) else seqlen, "dtype": str(dtype), "offload_streams": offload,
     }
 
@@ -155,13 +157,17 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", default=["torch", "auto"],
                         choices=list(SWEEP_PATHS),
                         help="SparseGPT paths to compare (SWEEP_PATHS): torch, auto (the default), triton, lazy, flip")
+    parser.add_argument("--streams", nargs="+", default=["consumed"], choices=["consumed", "kept"],
+                        help="consumed: each step takes its input streams over, as the pipeline's jobs run (the "
+                             "default); kept: the caller keeps them alive through the step (the code before)")
     args = parser.parse_args()
     rows = []
     for name in args.models:
         for method in args.methods:
-            for kernel in args.paths if method in ("sparsegpt", "icp") else ["auto"]:
+            for kernel, streams in itertools.product(args.paths if method in ("sparsegpt", "icp") else ["auto"],
+                                                     args.streams):
                 row = bench(name, method, args.nsamples, args.seqlen, torch.float16, args.max_blocks, args.offload,
-                            args.compensation_batch, kernel)
+                            args.compensation_batch, kernel, consume=streams == "consumed")
                 row["compensation_batch"] = args.compensation_batch
                 row["gpu"] = torch.cuda.get_device_name()
                 rows.append(row)
@@ -173,12 +179,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     suffix = ("_offload" if args.offload else "") + (f"_{args.tag}" if args.tag else "")
     (out / f"prune_benchmark{suffix}.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| model | method | SparseGPT sweep | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | SparseGPT sweep | input streams | time (s, whole model) | median s/block | peak GPU memory (GiB) | of which streams |",
+             "|---|---|---|---|---|---|---|---|"]
     names = {"torch": "plain (torch)", "auto": "fused (Triton)", "triton": "fused (Triton)",
              "lazy": "fused + lazy groups (opt-in)", "flip": "fused + flip factor (opt-in)", "-": "-"}
     for r in rows:
-        lines.append(f"| {r['model']} | {r['method']} | {names[r['path']]} | {r['seconds_full_model']:.0f} | "
+        lines.append(f"| {r['model']} | {r['method']} | {names[r['path']]} | {r['streams']} | {r['seconds_full_model']:.0f} | "
                      f"{r['median_block_s']:.2f} | {r['peak_gib']:.2f} | {r['streams_gib']:.2f} |")
     inputs = "1024 x 1024 image" if args.models[0].startswith("sam") else f"{args.seqlen}-token window"
     lines.append(f"\nBlock 0 is run once untimed first (kernel compilation, library handles); then {rows[0]['blocks_run']} blocks timed, scaled to the whole model.")

@@ -224,6 +224,7 @@ def prune(
     runner = BlockRunner(adapter, config, _ModelBlocks(model), device, hidden.dtype, hidden.shape[1], batch_size)
     plan = make_plan(spec, runner)
     streams = Streams.from_block0(hidden, plan).placed(device, offload_streams)
+    del hidden  # the steps take the streams over (consume): nothing else may hold them
     pending = None
     layers: dict[str, dict[str, float]] = {}
     errors: list[float | None] = []
@@ -231,7 +232,7 @@ def prune(
     grids: dict[str, torch.Tensor] = {}
     blocks = adapter.blocks(model)
     for index in range(runner.num_blocks):
-        result = run_step(runner, index, streams, pending, plan)
+        result = run_step(runner, index, streams, pending, plan, consume=True)
         streams, pending = result.streams, result.pending
         weights, block_grids = split_grids(result.block)
         blocks[index].load_state_dict(weights, strict=True)  # the pruned block goes back into the model

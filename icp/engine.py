@@ -41,7 +41,7 @@ class Streams:
     step early, as the compensation target). `dense` is None when nothing needs the dense path.
     """
 
-    error: torch.Tensor
+    error: torch.Tensor | None  # None only once a consuming step (`run_step`) has taken the streams over
     dense: torch.Tensor | None = None
     dense_ahead: bool = False
 
@@ -168,24 +168,31 @@ class BlockRunner:
                 for name, value in state.items()}
 
     @torch.no_grad()
-    def forward(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool = True) -> torch.Tensor | None:
+    def forward(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool = True,
+                in_place: bool = False) -> torch.Tensor | None:
         """Output of `block` (block `index` of the model) for every sample, in batches; the result stays where `hidden` is
         (streams may live in host memory while the block runs on the accelerator). With
-        `keep_output=False` the outputs are dropped (a pass that only feeds forward hooks)."""
+        `keep_output=False` the outputs are dropped (a pass that only feeds forward hooks); with
+        `in_place` each batch's output overwrites its input rows in `hidden`, which is returned
+        (a batch's rows are read only by that batch, so the values are those of a fresh output)."""
         if hidden.device.type == "cpu" and self.device.type == "cuda":
-            return self._forward_offloaded(block, hidden, index, keep_output)
+            return self._forward_offloaded(block, hidden, index, keep_output, in_place)
         kwargs = self.kwargs(index)
-        out = torch.empty_like(hidden) if keep_output else None
+        out = (hidden if in_place else torch.empty_like(hidden)) if keep_output else None
         for start in range(0, hidden.shape[0], self.batch_size):
             result = self.adapter.run_block(block, hidden[start : start + self.batch_size].to(self.device), kwargs)
             if out is not None:
                 out[start : start + self.batch_size].copy_(result)
         return out
 
-    def _forward_offloaded(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool) -> torch.Tensor | None:
+    def _forward_offloaded(self, block: nn.Module, hidden: torch.Tensor, index: int, keep_output: bool,
+                           in_place: bool) -> torch.Tensor | None:
         """`forward` for streams in (pinned) host memory: a side CUDA stream copies batch k+1 in and
-        batch k-1 out while batch k computes."""
-        out = torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True) if keep_output else None
+        batch k-1 out while batch k computes (in order on that stream, so batch k's rows are read
+        before its output can overwrite them)."""
+        out = None
+        if keep_output:
+            out = hidden if in_place else torch.empty(hidden.shape, dtype=hidden.dtype, pin_memory=True)
         compute = torch.cuda.current_stream(self.device)
         copies = torch.cuda.Stream(self.device)
         starts = list(range(0, hidden.shape[0], self.batch_size))
@@ -332,36 +339,50 @@ def _finished_state(block: nn.Module, layers: dict[str, Any]) -> StateDict:
     return state
 
 
-def run_step(runner: BlockRunner, index: int, streams: Streams, pending: Pending, plan: PrunePlan) -> StepResult:
-    """One window step at block `index` (see module docstring)."""
+def run_step(runner: BlockRunner, index: int, streams: Streams, pending: Pending, plan: PrunePlan,
+             consume: bool = False) -> StepResult:
+    """One window step at block `index` (see module docstring).
+
+    With `consume` the step takes the caller's `streams` over: it empties the object, writes each
+    block's outputs over its inputs and lets every tensor go once used, so during ICP's
+    compensation two streams are alive instead of four (the values are the same). Without it
+    `streams` is left as it was, for callers that run a step twice on the same inputs."""
     started = time.perf_counter()
     block = runner.load(index, pending)
     layers = prune_block(runner, block, index, streams.error, plan)
     record: dict[str, Any] = {"block": index, "layers": layers}
-    next_streams, new_pending = advance(runner, index, block, streams, plan, record, compensate_next=True)
+    next_streams, new_pending = advance(runner, index, block, streams, plan, record, compensate_next=True,
+                                        consume=consume)
     record["seconds"] = time.perf_counter() - started
     return StepResult(block=_finished_state(block, layers), streams=next_streams, pending=new_pending, record=record)
 
 
 def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams, plan: PrunePlan,
-            record: dict[str, Any], compensate_next: bool) -> tuple[Streams, nn.Module | None]:
+            record: dict[str, Any], compensate_next: bool, consume: bool = False) -> tuple[Streams, nn.Module | None]:
     """Steps 3-4 of the window at block `index`, whose pruned version is `block`: the streams
     through it (recording the output error) and, for ICP, the compensated next block (trained only
     when `compensate_next`; a replay that already holds the next block skips the training but
-    still computes its dense output, the next step's target)."""
-    error_out = runner.forward(block, streams.error, index)
+    still computes its dense output, the next step's target). `consume`: see `run_step`."""
+    if plan.needs_dense and streams.dense is None:
+        raise ValueError("this plan needs the dense stream, but the streams carry none")
+    error_in, dense_in, dense_ahead = streams.error, streams.dense, streams.dense_ahead
+    if consume:
+        streams.error = streams.dense = None  # the caller's object no longer keeps them alive
+    shared = dense_in is error_in  # before block 0 both paths are one tensor: the dense path still reads it
+    error_out = runner.forward(block, error_in, index, in_place=consume and not shared)
+    del error_in
     dense_out = None
     if plan.needs_dense:
-        if streams.dense is None:
-            raise ValueError("this plan needs the dense stream, but the streams carry none")
-        dense_out = streams.dense if streams.dense_ahead else runner.forward(runner.load(index), streams.dense, index)
+        dense_out = dense_in if dense_ahead else runner.forward(runner.load(index), dense_in, index, in_place=consume)
         mse, energy = runner.mean_squared_error(error_out, dense_out)
         record["output_mse"] = mse
         record["output_rel_mse"] = mse / max(energy, 1e-30)
+    del dense_in
     if plan.compensation is None or index + 1 >= runner.num_blocks:
         return Streams(error_out, dense_out, dense_ahead=False), None
     next_block = runner.load(index + 1)  # B_{i+1}, still dense: its output is the target, then it trains in place
-    target = runner.forward(next_block, dense_out, index + 1)
+    target = runner.forward(next_block, dense_out, index + 1, in_place=consume)
+    del dense_out
     if not compensate_next:
         return Streams(error_out, target, dense_ahead=True), None
     record["compensation"] = compensate(
@@ -371,9 +392,10 @@ def advance(runner: BlockRunner, index: int, block: nn.Module, streams: Streams,
 
 
 def replay_step(runner: BlockRunner, index: int, finished: StateDict, streams: Streams, plan: PrunePlan,
-                compensate_next: bool) -> tuple[Streams, nn.Module | None]:
+                compensate_next: bool, consume: bool = False) -> tuple[Streams, nn.Module | None]:
     """Rebuild the window state after an already finished block `index` (its pruned weights in
     `finished`) without pruning it again: what a resumed job does instead of reading saved streams.
-    Bit-identical to the original step on the CPU (the same forwards; the same seeded training)."""
+    Bit-identical to the original step on the CPU (the same forwards; the same seeded training).
+    `consume`: see `run_step`."""
     block = runner.load(index, split_grids(finished)[0])
-    return advance(runner, index, block, streams, plan, {}, compensate_next)
+    return advance(runner, index, block, streams, plan, {}, compensate_next, consume)

@@ -84,11 +84,12 @@ def prune_group(
         log(f"resuming at block {blocks.start + len(done)}: replaying {len(done)} finished block(s) from {files.dir}")
     for index in range(blocks.start, blocks.start + len(done)):
         last = index + 1 == blocks.start + len(done)
-        streams, pending = replay_step(runner, index, files.load(index), streams, plan, compensate_next=last)
+        streams, pending = replay_step(runner, index, files.load(index), streams, plan, compensate_next=last,
+                                       consume=True)
 
     try:
         for index in range(blocks.start + len(done), blocks.stop):
-            result = run_step(runner, index, streams, pending, plan)
+            result = run_step(runner, index, streams, pending, plan, consume=True)
             streams, pending = result.streams, result.pending
             files.put(index, result.block, result.record)
             msg = f"block {index + 1}/{runner.num_blocks} done in {result.record['seconds']:.1f}s"

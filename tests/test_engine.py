@@ -196,3 +196,55 @@ def test_large_vocabulary_nll_is_summed_a_few_windows_at_a_time(monkeypatch):
     assert abs(float(chunked) - float(whole)) <= 1e-5 * float(whole)
     monkeypatch.setattr(ppl, "NLL_CHUNK_ELEMENTS", 1)  # one window at a time
     assert abs(float(ppl._window_nll(logits, windows)) - float(whole)) <= 1e-5 * float(whole)
+
+
+@pytest.mark.parametrize("method", ["wanda", "icp"])
+def test_a_consuming_step_gives_the_same_results_and_lets_its_input_streams_go(setup, method, monkeypatch):
+    """`run_step(consume=True)` (what the jobs run) against the step that leaves the caller's streams
+    alone: the same pruned blocks and streams bit for bit, the caller's object emptied, and during
+    ICP's compensation two streams alive instead of four."""
+    import gc
+
+    import icp.engine as engine
+    from icp.engine import Streams, run_step
+    from icp.runs import make_plan
+
+    model_dir, model, tmp, evals = setup
+    config = load_config(model_dir)
+    runner = BlockRunner(adapter_for(config.model_type), config, CheckpointReader(model_dir), "cpu", torch.float32, 32)
+    plan = make_plan(RunSpec(method, sparsity=0.5, compensation={"lr": 1e-3}), runner)
+    x0 = torch.load(tmp / "x0.pt")["block0_inputs"]
+    alive_in_compensation: list[int] = []
+    real_compensate = engine.compensate
+
+    def counting_compensate(*args, **kwargs):
+        alive_in_compensation.append(sum(isinstance(o, torch.Tensor) and o.shape == x0.shape for o in gc.get_objects()))
+        return real_compensate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "compensate", counting_compensate)
+
+    def walk(consume: bool):
+        alive_in_compensation.clear()
+        streams, pending, blocks = Streams.from_block0(x0.clone(), plan), None, []
+        for index in range(runner.num_blocks):
+            given = streams
+            result = run_step(runner, index, streams, pending, plan, consume=consume)
+            if consume:
+                assert given.error is None and given.dense is None
+            else:
+                assert given.error is not None
+            streams, pending = result.streams, result.pending
+            blocks.append(result.block)
+        # the last streams as bytes: tensors kept from one walk would be counted in the other's census
+        last = [t.numpy().tobytes() for t in (streams.error, streams.dense)]
+        return blocks, last, list(alive_in_compensation)
+
+    kept_blocks, kept_last, kept_alive = walk(consume=False)
+    blocks, last, alive = walk(consume=True)
+    for kept, got in zip(kept_blocks, blocks):
+        assert kept.keys() == got.keys()
+        assert all(torch.equal(kept[name], got[name]) for name in kept)
+    assert kept_last == last
+    if method == "icp":  # x0 itself, then the step's error output and target (and, kept, its two inputs)
+        assert alive == [3] * (runner.num_blocks - 1)
+        assert kept_alive == [4] + [5] * (runner.num_blocks - 2)
