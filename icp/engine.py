@@ -272,7 +272,10 @@ def prune_block(runner: BlockRunner, block: nn.Module, index: int, inputs: torch
     layers, reached = {}, {}
     for name, pruner in pruners.items():
         pattern = plan.sparsity[index][name]
-        result = pruner.prune(pattern)
+        try:
+            result = pruner.prune(pattern)
+        except torch.linalg.LinAlgError as err:  # say where: a deep block's layer, not "a Hessian"
+            raise torch.linalg.LinAlgError(f"block {index}, layer {name}: {err}") from err
         reached[name] = result.mask.float().mean()  # read below, once: no host sync between layers
         layers[name] = {"target": pattern.target_sparsity, "sparsity": None, "numel": result.mask.numel()}
         if result.grid is not None:

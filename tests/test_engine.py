@@ -248,3 +248,18 @@ def test_a_consuming_step_gives_the_same_results_and_lets_its_input_streams_go(s
     if method == "icp":  # x0 itself, then the step's error output and target (and, kept, its two inputs)
         assert alive == [3] * (runner.num_blocks - 1)
         assert kept_alive == [4] + [5] * (runner.num_blocks - 2)
+
+
+def test_a_failed_sparsegpt_factorisation_names_its_block_and_layer(setup):
+    """On a deep model "the Hessian is not positive definite" alone does not say where to look."""
+    from icp.engine import prune_block
+    from icp.runs import make_plan
+
+    model_dir, model, tmp, evals = setup
+    config = load_config(model_dir)
+    runner = BlockRunner(adapter_for(config.model_type), config, CheckpointReader(model_dir), "cpu", torch.float32, 32)
+    plan = make_plan(RunSpec("sparsegpt", sparsity=0.5), runner)
+    inputs = torch.load(tmp / "x0.pt")["block0_inputs"].clone()
+    inputs[0, 3] = float("nan")
+    with pytest.raises(torch.linalg.LinAlgError, match=r"^block 1, layer \S+: SparseGPT: the dampened layer Hessian"):
+        prune_block(runner, runner.load(1), 1, inputs, plan)

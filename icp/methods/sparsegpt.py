@@ -53,6 +53,7 @@ class InputHessian:
         self.users = 0  # pruners still to solve with it; the factor is dropped after the last
         self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
         self._info: torch.Tensor | None = None  # factorisation status, checked once read back
+        self._percdamp: float | None = None  # the dampening it was factorised with (for the error)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         x = inputs.reshape(-1, self.columns)
@@ -76,6 +77,7 @@ class InputHessian:
         `by_flip` (the `flip_factor` option) reaches the same factor with one Cholesky factorisation and one
         triangular solve instead of two factorisations and an inversion (see `_upper_factor_of_inverse_by_flip`)."""
         if self._factor is None:
+            self._percdamp = percdamp
             dead = self._dampen(percdamp)
             factorise = _upper_factor_of_inverse_by_flip if by_flip else _upper_factor_of_inverse_reference
             # handed over, not kept here: the factorisation frees the matrix as soon as its factor
@@ -103,8 +105,8 @@ class InputHessian:
         """Raise if the dampened Hessian (or its inverse) was not positive definite."""
         if self._info is not None and int(self._info) != 0:
             raise torch.linalg.LinAlgError(
-                "SparseGPT: the dampened layer Hessian is not positive definite (non-finite "
-                "activations, or raise percdamp)")
+                f"SparseGPT: the dampened layer Hessian is not positive definite (non-finite "
+                f"activations, or raise percdamp from {self._percdamp})")
         self._info = None
 
     def done(self) -> None:
