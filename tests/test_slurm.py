@@ -21,7 +21,7 @@ SLURM_FLAGS = [
     # the local test cluster: one partition "main", no accounting, no GPUs
     "--default-resources", "slurm_partition=main", "mem_mb=1500", "runtime=20", "cpus_per_task=1",
     "--slurm-no-account", "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "5", "--seconds-between-status-checks", "2", "--jobs", "4",
+    "--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "2", "--jobs", "4",
 ]
 
 
@@ -54,8 +54,24 @@ def small_config(root):
     return config
 
 
+def data_files(root, model: str, corpus: str) -> list[str]:
+    """The block-0 inputs and held-out tokens of `model` under `root` (their keys hash the config
+    as the Snakefile sees it: with the schema's defaults)."""
+    import yaml
+    from snakemake.utils import validate
+
+    from icp import experiments as X
+    from icp import layout as L
+
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    return [L.path("block0_inputs", model=model, key=X.calibration_key(config, model)),
+            L.path("eval_tokens", model=model, corpus=corpus, key=X.eval_corpus_key(config, model, corpus))]
+
+
 def test_workflow_through_slurm_survives_scancel_mid_run(slurm, tmp_path):
-    """One SLURM session: the tiny workflow runs through profiles/slurm (sbatch job ids in the log);
+    """One SLURM session: the tiny workflow's pruning, assembly and evaluations run through
+    profiles/slurm (sbatch job ids in the log; its data jobs ran locally first);
     its pruning job is cancelled after its first block; the retry (or a re-run) resumes at block 1 or 2,
     and the results equal an uninterrupted local run's."""
     clean, killed = tmp_path / "clean", tmp_path / "killed"
@@ -70,6 +86,9 @@ def test_workflow_through_slurm_survives_scancel_mid_run(slurm, tmp_path):
         shutil.copytree(clean / item, killed / item)
     (killed / "config.yaml").write_text((clean / "config.yaml").read_text().replace(str(clean), str(killed)))
     snakemake(clean, "--cores", "2", "results/results.csv")  # the uninterrupted reference, run locally
+    # the data jobs run here first: each SLURM wave costs ~45 s on 2 cores (a job's torch import,
+    # the plugin's status polls), and the pruning, assembly and evaluations are what must go through it
+    snakemake(killed, "--cores", "2", *data_files(killed, "tiny-llama", "heldout"))
 
     cmd = [sys.executable, "-m", "snakemake", "results/tables.md", "-s", str(REPO / "Snakefile"), "-d", str(killed),
            "--configfile", str(killed / "config.yaml"), *SLURM_FLAGS]
