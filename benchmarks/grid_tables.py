@@ -1,7 +1,8 @@
 """The whole config's tables from a grid run in parts (benchmarks/config_slice.py grid-1 ... grid-3):
 results.csv, plots/ and tables.md, rendered as the workflow's report rules render them, from a
-results tree that holds every part's evaluation files and run records (their packed trees
-unpacked into one folder).
+results tree that holds every part's evaluation files and run records. Unpack each part's
+offline-gpu-one.tgz (benchmarks/offline_gpu_run.sh) into a folder of its own, keep its
+segments.txt (the part's wall time), and copy the parts' results/ folders into one.
 
     python benchmarks/grid_tables.py --config config/offline-gpu.yaml --results /tmp/grid/results \\
         --out results/offline-gpu-grid
