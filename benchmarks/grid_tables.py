@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import sys
 from pathlib import Path
 
@@ -33,10 +32,7 @@ SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "conf
 def render(config: dict, results: Path, out: Path) -> Path:
     """Write results.csv, plots/ and tables.md under `out`; returns tables.md's path. Paths in the
     CSV's `source` column read `results/...`, as in a workflow run's."""
-    from snakemake.utils import validate
-
-    config = copy.deepcopy(config)
-    validate(config, str(SCHEMA), set_default=True)  # the defaults the Snakefile's config has (keys hash them)
+    config = X.with_schema_defaults(config, SCHEMA)
     out = out.resolve()
     with contextlib.chdir(results.resolve().parent):  # the layout's paths are relative to the results tree's parent
         evaluations = X.evaluation_targets(config, root=results.resolve().name)

@@ -545,6 +545,17 @@ def zeroshot_path(config: dict[str, Any], model: str, run: str, root: str = layo
     return layout.path("zeroshot", root, model=model, run=run, key=zeroshot_key(config))
 
 
+def with_schema_defaults(config: dict[str, Any], schema: str | Path) -> dict[str, Any]:
+    """A copy of `config` as the Snakefile sees it: validated against the workflow's schema, its
+    defaults filled in (run keys hash them, so code outside the workflow that names a run's files
+    must start from this). The schema lives beside the Snakefile, not in the package."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, str(schema), set_default=True)
+    return config
+
+
 def check_names(config: dict[str, Any]) -> None:
     for section in ("models", "corpora", "image_sets"):
         for name in config.get(section) or {}:

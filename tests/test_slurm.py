@@ -58,13 +58,12 @@ def data_files(root, model: str, corpus: str) -> list[str]:
     """The block-0 inputs and held-out tokens of `model` under `root` (their keys hash the config
     as the Snakefile sees it: with the schema's defaults)."""
     import yaml
-    from snakemake.utils import validate
 
     from icp import experiments as X
     from icp import layout as L
 
-    config = yaml.safe_load((root / "config.yaml").read_text())
-    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"), set_default=True)
+    config = X.with_schema_defaults(yaml.safe_load((root / "config.yaml").read_text()),
+                                    REPO / "workflow" / "schemas" / "config.schema.yaml")
     return [L.path("block0_inputs", model=model, key=X.calibration_key(config, model)),
             L.path("eval_tokens", model=model, corpus=corpus, key=X.eval_corpus_key(config, model, corpus))]
 
