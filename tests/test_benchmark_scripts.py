@@ -110,3 +110,19 @@ def test_staged_files_travel_in_parts_and_come_back_whole(tmp_path):
     assert done.returncode == 0 and "1 wheels installed" in done.stdout, done.stderr
     assert (tmp_path / "unstaged" / payload.relative_to("/") / "blob.bin").read_bytes() == blob
     assert (tmp_path / "site" / "staged_probe" / "__init__.py").read_text() == "VALUE = 7\n"
+
+
+def test_cpu_probe_counts_the_work_it_times(monkeypatch):
+    """benchmarks/cpu_probe.py divides each shape's FLOPs by the median round: a fake clock that
+    makes every round take 1 ms gives FLOPs / 1e6."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import cpu_probe
+
+    ticks = iter(i * 1e-3 for i in range(10_000))
+    monkeypatch.setattr(cpu_probe.time, "perf_counter", lambda: next(ticks))
+    numbers = cpu_probe.probe(tokens=64, hidden=18, mlp=48, heads=2, seqlen=32, repeats=3)
+    assert numbers == pytest.approx({"linear_up_gflops": 2 * 64 * 18 * 48 / 1e6,
+                                     "linear_down_gflops": 2 * 64 * 18 * 48 / 1e6,
+                                     "sdpa_causal_gflops": 2 * 64 * 32 * 18 / 1e6}, rel=1e-9)
