@@ -19,7 +19,9 @@ for one session of device time: every pruned run of the grid, with all of its ev
 exactly one part (`tests/test_benchmark_scripts.py` checks it), so the parts' runs together are the
 grid's, none twice; only the dense model's evaluations repeat in each part a model is in.
 - grid-1: SmolLM2-135M at 10-40, 60, 80 and 90 % (Table 1) and at 2:4 and 4:8 x 16/4/3 bits
-  (Tables 4 and 5), and the 2:4 inference table.
+  (Tables 4 and 5), and the 2:4 inference table. Its halves, for a session with less device time:
+  grid-1a (the unstructured runs: Table 1, perplexity only) and grid-1b (the N:M runs, Tables 4
+  and 5, and the inference table).
 - grid-2: SmolLM2-135M at 50 and 70 % (Tables 1 and 2), input compensation, the ablations (at 70 %).
 - grid-3: Gemma-3-270M, all of its tables.
 """
@@ -51,6 +53,8 @@ def slice_tables(name: str, tables: dict) -> dict:
 
 
 GRID_PARTS = ("grid-1", "grid-2", "grid-3")
+# grid-1 cut in two, for a session with less device time; these four also split the grid by run
+GRID_HALVES = {"grid-1a": "grid-1", "grid-1b": "grid-1"}
 # grid-2's sparsities: where Table 2, input compensation and the ablations (at 70 %) share runs
 SHARED_SPARSITIES = (0.5, 0.7)
 
@@ -66,6 +70,13 @@ def grid_part(name: str, config: dict) -> dict:
     if config.get("ablations", {}).get("model", smol) != smol or any(
             s not in SHARED_SPARSITIES for s in config.get("ablations", {}).get("sparsities", [])):
         raise SystemExit("ablations: the grid parts put them on SmolLM2-135M at 50 or 70 %")
+    if name in GRID_HALVES:
+        part = grid_part(GRID_HALVES[name], config)
+        unstructured = name == "grid-1a"
+        part["tables"] = {key: t for key, t in part["tables"].items() if ("sparsities" in t) == unstructured}
+        if unstructured:
+            part.pop("inference", None)
+        return part
     part = dict(config)
     if name == "grid-3":
         part["tables"] = {key: {**t, "models": [gemma]} for key, t in tables.items() if gemma in t["models"]}
@@ -85,13 +96,13 @@ def grid_part(name: str, config: dict) -> dict:
         part["tables"] = cut
         part.pop("inference" if shared else "ablations", None)
     else:
-        raise SystemExit(f"unknown grid part {name!r}; known: {', '.join(GRID_PARTS)}")
+        raise SystemExit(f"unknown grid part {name!r}; known: {', '.join((*GRID_PARTS, *GRID_HALVES))}")
     return part
 
 
 def slice_config(names: list[str], config: dict) -> dict:
     """`config` cut to the named slices (joined: their tables merged)."""
-    if any(name in GRID_PARTS for name in names):
+    if any(name in GRID_PARTS or name in GRID_HALVES for name in names):
         if len(names) != 1:
             raise SystemExit("a grid part is used alone")
         return grid_part(names[0], config)

