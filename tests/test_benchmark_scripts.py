@@ -80,7 +80,7 @@ def test_staged_files_travel_in_parts_and_come_back_whole(tmp_path):
     here = Path(__file__).resolve().parent.parent / "benchmarks" / "device"
     for name in ("stage.sh", "unstage.sh"):
         shutil.copy(here / name, repo / "benchmarks" / "device" / name)
-    payload = tmp_path / "payload"
+    payload = tmp_path / ".whl"  # named as wheels.py's folder is: a folder matching *.whl is not a wheel
     payload.mkdir()
     blob = os.urandom(3 * 2**20 + 123)
     (payload / "blob.bin").write_bytes(blob)

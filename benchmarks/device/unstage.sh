@@ -25,7 +25,7 @@ if [ "$got" != "$want" ]; then
 fi
 mkdir -p "$unstaged"
 cat "$stage"/part* | tar x -C "$unstaged"
-wheels=$(find "$unstaged" -name '*.whl')
+wheels=$(find "$unstaged" -type f -name '*.whl')  # files only: the staged folder itself may be called .whl
 if [ -n "$wheels" ]; then
     # shellcheck disable=SC2086
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" $wheels
