@@ -88,6 +88,25 @@ def test_training_lowers_the_hidden_state_error_and_resumes_bit_identically(prun
     assert record2["epoch_loss"] == record["epoch_loss"]
 
 
+def test_one_batch_of_two_steps_as_two_accumulated_batches_of_one(pruned_and_dense):
+    """batch_size 2 without accumulation takes the same optimizer steps as the paper's batch 1 with
+    accumulation 2 (the same samples per step, the mean of their losses), in half the forwards: the
+    README's launch-bound small-model advice rests on it. Equal up to rounding, not bit for bit."""
+    _, _, dense, pruned, _, calib, _ = pruned_and_dense
+    adapter = adapter_for("llama")
+    targets = dense_targets(dense, adapter, calib)
+    common = dict(rank=8, epochs=2, lr=1e-3, warmup=0.2, init_std=1e-3)
+    paper = InputCompensationSettings(batch_size=1, accumulation=2, **common)
+    fused = InputCompensationSettings(batch_size=2, accumulation=1, **common)
+    pool_a, record_a = train_input_compensation(pruned, adapter, calib, targets, paper, log=lambda s: None)
+    pool_b, record_b = train_input_compensation(pruned, adapter, calib, targets, fused, log=lambda s: None)
+    assert record_a["steps_per_epoch"] == record_b["steps_per_epoch"] == 4
+    assert not torch.equal(pool_a.key, InputPool(32, 8, 1e-3, paper.seed).key)  # it trained
+    torch.testing.assert_close(pool_b.key, pool_a.key, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(pool_b.value, pool_a.value, rtol=1e-4, atol=1e-6)
+    assert record_b["epoch_loss"] == pytest.approx(record_a["epoch_loss"], rel=1e-5)
+
+
 def test_the_stage_job_writes_a_checkpoint_that_reloads_with_the_same_perplexity(pruned_and_dense, tmp_path):
     from icp.stages import run_input_compensation
 
