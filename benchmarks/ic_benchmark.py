@@ -38,15 +38,20 @@ SHAPES = {
 }
 
 
-def one_epoch(model, tokens, targets, checkpoint_blocks: bool, log, batch_size: int = 1, accumulation: int = 2) -> dict:
+def one_epoch(model, tokens, targets, checkpoint_blocks: bool, log, batch_size: int = 1, accumulation: int = 2,
+              device: str = "cuda") -> dict:
     settings = InputCompensationSettings(epochs=1, checkpoint_blocks=checkpoint_blocks, batch_size=batch_size,
                                          accumulation=accumulation)
-    torch.cuda.reset_peak_memory_stats()
-    torch.cuda.synchronize()
+    on_gpu = device == "cuda"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
     started = time.perf_counter()
-    pool, record = train_input_compensation(model, adapter_for("llama"), tokens, targets, settings, "cuda", log=log)
-    torch.cuda.synchronize()
-    return {"seconds": time.perf_counter() - started, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+    pool, record = train_input_compensation(model, adapter_for("llama"), tokens, targets, settings, device, log=log)
+    if on_gpu:
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - started,
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None,
             "loss": record["epoch_loss"][0], "pool": pool}
 
 
@@ -62,32 +67,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="time each case this many times, interleaved; min kept")
     parser.add_argument("--fused", action="store_true",
                         help="time batch 1 x accumulation 2 against batch 2 x accumulation 1, no checkpointing")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a smoke run of the script only")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"cpu ({platform.processor() or 'cpu'})"
 
     config = LlamaConfig(**SHAPES[args.shape], max_position_embeddings=args.seqlen)
     config._attn_implementation = "sdpa"
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(getattr(torch, args.dtype)).eval()  # random weights, built on the GPU
+    with torch.device(args.device):
+        model = LlamaForCausalLM(config).to(getattr(torch, args.dtype)).eval()  # random weights, built in place
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, config.vocab_size, (args.samples, args.seqlen), generator=generator)
     targets = torch.randn(args.samples, args.seqlen, config.hidden_size, generator=generator).to(torch.bfloat16)
     weights_gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
-    print(f"{args.shape}: {weights_gib:.2f} GiB of {args.dtype} weights on {torch.cuda.get_device_name(0)}", flush=True)
+    print(f"{args.shape}: {weights_gib:.2f} GiB of {args.dtype} weights on {device_name}", flush=True)
     if args.fused:
         cases = [("batch1-accumulation2", False, 1, 2), ("batch2-accumulation1", False, 2, 1)]
     else:
         cases = [("checkpointed", True, 1, 2), *((("plain", False, 1, 2),) if args.plain else ())]
     # warm-up: kernels compiled and the allocator grown outside the timed epochs
     for _, checkpointed, batch_size, accumulation in cases:
-        one_epoch(model, tokens[:4], targets[:4], checkpointed, lambda s: None, batch_size, accumulation)
+        one_epoch(model, tokens[:4], targets[:4], checkpointed, lambda s: None, batch_size, accumulation, args.device)
     rows, pools = {}, {}
     for repeat in range(args.repeats):
         for name, checkpointed, batch_size, accumulation in cases:
             if "failed" in rows.get(name, {}):
                 continue
             try:
-                result = one_epoch(model, tokens, targets, checkpointed, print, batch_size, accumulation)
+                result = one_epoch(model, tokens, targets, checkpointed, print, batch_size, accumulation, args.device)
             except torch.OutOfMemoryError as err:
                 rows[name] = {"failed": f"out of memory: {str(err).splitlines()[0]}"}
                 torch.cuda.empty_cache()
@@ -101,17 +108,17 @@ def main() -> None:
             rows[name]["seconds_per_epoch_each"] = runs
     if len(pools) == 2:  # the same steps either way: the trained pools agree up to rounding
         a, b = pools.values()
-        rows["pool_max_abs_difference"] = max(float((a.key - b.key).abs().max()), float((a.value - b.value).abs().max()))
-        rows["pool_max_abs"] = max(float(a.key.abs().max()), float(a.value.abs().max()))
+        rows["pool_max_abs_difference"] = max(float((a.key - b.key).detach().abs().max()), float((a.value - b.value).detach().abs().max()))
+        rows["pool_max_abs"] = max(float(a.key.detach().abs().max()), float(a.value.detach().abs().max()))
     out = {
-        "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "host": platform.node(),
+        "gpu": device_name, "torch": torch.__version__, "host": platform.node(),
         "shape": args.shape, "weights_gib": weights_gib, "samples_timed": args.samples,
         "epoch_samples": args.epoch_samples, "seqlen": args.seqlen, "dtype": f"{args.dtype} weights, bf16 autocast",
         "repeats": args.repeats, "results": rows,
         **({"targets": "seconds_per_epoch <= 40, peak_gpu_gib <= 24"} if args.shape == "llama-2-7b" else {}),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = torch.cuda.get_device_name(0).lower().replace("nvidia", "").strip().split()[0]
+    slug = device_name.lower().replace("nvidia", "").strip().split()[0]
     suffix = "" if args.shape == "llama-2-7b" and not args.fused else f"_{args.shape}" + ("_fused" if args.fused else "")
     path = args.out / f"ic_benchmark_{slug}{suffix}.json"
     path.write_text(json.dumps(out, indent=1))
