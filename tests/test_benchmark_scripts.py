@@ -127,3 +127,31 @@ def test_cpu_probe_counts_the_work_it_times(monkeypatch):
     assert numbers == pytest.approx({"linear_up_gflops": 2 * 64 * 18 * 48 / 1e6,
                                      "linear_down_gflops": 2 * 64 * 18 * 48 / 1e6,
                                      "sdpa_causal_gflops": 2 * 64 * 32 * 18 / 1e6}, rel=1e-9)
+
+
+def test_selection_windows_overlap_no_calibration_sample():
+    """icp_variants.py chooses settings on calibration text the pruning never saw: its windows are
+    aligned, spread over the stream, and share no token position with any window the stream sampler
+    draws (the sampler run here with the same seed must agree)."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import icp_variants
+    from icp.data.tokens import calibration_windows
+
+    class Counting:  # a "tokenizer" whose ids are the character positions: windows name their offsets
+        def __call__(self, text, return_tensors=None):
+            return type("Encoded", (), {"input_ids": torch.arange(len(text)).unsqueeze(0)})()
+
+    text = "x" * 5000
+    sampled = calibration_windows(Counting(), [text], nsamples=6, seqlen=50, seed=3)
+    picked = icp_variants.unsampled_windows(torch.arange(5000), 50, 6, 3, count=10)
+    assert picked.shape == (10, 50)
+    assert torch.equal(picked[:, 0] % 50, torch.zeros(10, dtype=torch.long))
+    taken = set(sampled.flatten().tolist())
+    assert not taken & set(picked.flatten().tolist())
+    assert picked[0, 0] < 500 and picked[-1, 0] > 4400  # spread from one end to the other
+    with pytest.raises(ValueError, match="overlap no sample"):
+        icp_variants.unsampled_windows(torch.arange(5000), 50, 6, 3, count=95)
