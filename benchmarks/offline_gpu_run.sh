@@ -13,6 +13,10 @@
 # every 2 s, and, when $OUT is set, packs the small outputs (tables, CSVs, plots, records, logs,
 # Snakemake benchmarks; no checkpoints, exported models or tokenizers, but the dense model's
 # evaluations) into $OUT/offline-gpu-<mode>.tgz.
+#
+# Snakemake gets SIGTERM at `seconds` and SIGKILL 20 s later (its shutdown once took 50 s and the
+# device call's own limit killed the script before it logged the segment): give the call at least
+# `seconds` + 40 s, plus whatever ran before this script in the same call (staging: ~80 s).
 set -u
 mode=${1:?one or two}
 limit=${2:-560}
@@ -33,7 +37,7 @@ fi
 nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 2 >> "$work/gpu-samples.csv" &
 sampler=$!
 start=$(date +%s.%N)
-timeout "$limit" $pin python3 -m snakemake ${TARGET:-results/tables.md} ${EXTRA:-} "${args[@]}" >> "$work/snakemake.log" 2>&1
+timeout -k 20 "$limit" $pin python3 -m snakemake ${TARGET:-results/tables.md} ${EXTRA:-} "${args[@]}" >> "$work/snakemake.log" 2>&1
 rc=$?
 end=$(date +%s.%N)
 kill $sampler
